@@ -1,0 +1,126 @@
+"""The files a run leaves beside the model: metrics, predictions, run manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from job import metrics
+from job.labels import MULTI, REGRESSION, LabelSpec
+from job.prepare import PreparedData
+from job.settings import Settings, redacted
+from job.training import Prediction, TrainOutcome
+
+METRICS = "metrics.json"
+RUN_MANIFEST = "run_manifest.json"
+TEST_PREDICTIONS = "test_predictions.jsonl"
+_LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "tokenizers", "safetensors", "numpy")
+
+
+def prediction_rows(prediction: Prediction, spec: LabelSpec) -> Iterator[dict[str, Any]]:
+    """One dict per row, in source-row order: index, predicted label(s), score(s)."""
+    probs = metrics.probabilities(prediction.logits, spec)
+    for position in np.argsort(prediction.index, kind="stable"):
+        row: dict[str, Any] = {"index": int(prediction.index[position])}
+        p = probs[position]
+        if spec.problem_type == REGRESSION:
+            row["score"] = float(p)
+        elif spec.problem_type == MULTI:
+            row["labels"] = [name for name, v in zip(spec.names, p, strict=True) if v > metrics.THRESHOLD]
+            row["scores"] = {name: round(float(v), 6) for name, v in zip(spec.names, p, strict=True)}
+        else:
+            best = int(p.argmax())
+            row.update(label=spec.names[best], label_id=best, score=round(float(p[best]), 6))
+        yield row
+
+
+def write_predictions(path: Path, prediction: Prediction, spec: LabelSpec) -> int:
+    rows = 0
+    with path.open("w") as handle:
+        for row in prediction_rows(prediction, spec):
+            handle.write(json.dumps(row) + "\n")
+            rows += 1
+    return rows
+
+
+def metrics_document(outcome: TrainOutcome, prepared: PreparedData) -> dict[str, Any]:
+    spec = prepared.labels
+    assert outcome.validation.labels is not None
+    validation = metrics.report(outcome.validation.logits, outcome.validation.labels, spec)
+    validation["loss"] = outcome.validation.loss
+    document: dict[str, Any] = {
+        "problem_type": spec.problem_type,
+        "labels": list(spec.names),
+        "headline": {"metric": outcome.best_metric, "split": "validation", "value": _headline(validation, outcome)},
+        "validation": validation,
+    }
+    if outcome.test is not None and outcome.test.labels is not None:
+        document["test"] = metrics.report(outcome.test.logits, outcome.test.labels, spec)
+        document["test"]["loss"] = outcome.test.loss
+    document["train"] = {
+        k: outcome.stats.get(k)
+        for k in ("train_loss", "steps", "epochs", "train_runtime_s", "train_samples_per_second")
+    }
+    return document
+
+
+def _headline(validation: dict[str, Any], outcome: TrainOutcome) -> float | None:
+    value = validation.get(outcome.best_metric)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def run_manifest(
+    settings: Settings,
+    prepared: PreparedData,
+    outcome: TrainOutcome,
+    *,
+    timings: dict[str, float],
+    verification: dict[str, Any],
+    files: list[str],
+) -> dict[str, Any]:
+    """What ran, on what, with which data and code, how fast: enough to reproduce it."""
+    return {
+        "run_id": settings.run_id,
+        "settings": redacted(settings),
+        "data": {
+            "fingerprint": prepared.fingerprint,
+            "source": prepared.meta.get("source"),
+            "splits": prepared.meta.get("source_splits"),
+            "rows": {name: len(split) for name, split in prepared.splits.items()},
+            "labels": prepared.labels.to_json(),
+            "class_counts": prepared.meta.get("class_counts"),
+            "token_lengths": prepared.meta.get("lengths"),
+            "dropped_empty_text": prepared.meta.get("dropped_empty_text"),
+            "max_length": prepared.max_length,
+        },
+        "training": {k: v for k, v in outcome.stats.items() if k != "first_step_unix"},
+        "best_model": {"metric": outcome.best_metric, "value": outcome.best_value},
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "verification": verification,
+        "environment": environment(),
+        "files": files,
+    }
+
+
+def environment() -> dict[str, Any]:
+    versions = {}
+    for name in ("ftjob", *_LIBRARIES):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "versions": versions,
+    }

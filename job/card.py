@@ -1,0 +1,136 @@
+"""The model card (README.md in the model folder): results, labels, usage, provenance."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from job.labels import MULTI, REGRESSION
+from job.locations import classify
+from job.settings import Settings
+
+_SHOWN_METRICS = {
+    "single_label_classification": ("accuracy", "f1", "f1_macro", "precision", "recall", "mcc", "loss"),
+    "multi_label_classification": ("subset_accuracy", "f1_micro", "f1_macro", "hamming_accuracy", "loss"),
+    "regression": ("rmse", "mae", "r2", "pearson", "spearman", "loss"),
+}
+
+
+def render(settings: Settings, document: dict[str, Any], manifest: dict[str, Any], *, model_ref: str) -> str:
+    problem = document["problem_type"]
+    data = manifest["data"]
+    training = manifest["training"]
+    lines = [
+        *_front_matter(settings, document),
+        f"# {settings.run_id}",
+        "",
+        f"`{settings.model}` fine-tuned for {_task(problem, document['labels'])} on "
+        f"`{data['source']}` ({data['rows']['train']:,} training rows), by ftjob.",
+        "",
+        "## Results",
+        "",
+        "| metric | " + " | ".join(s for s in ("validation", "test") if s in document) + " |",
+        "|---|" + "---:|" * sum(s in document for s in ("validation", "test")),
+    ]
+    for name in _SHOWN_METRICS[problem]:
+        values = [document[s].get(name) for s in ("validation", "test") if s in document]
+        if any(v is not None for v in values):
+            lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in values) + " |")
+    lines += [
+        "",
+        f"Best checkpoint chosen on validation `{document['headline']['metric']}`. "
+        "Per-class scores and the confusion matrix are in `metrics.json`.",
+        "",
+    ]
+    if problem != REGRESSION:
+        lines += _label_table(document)
+    lines += [
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'classifier = pipeline("text-classification", model="{model_ref}"{_pipeline_kwargs(problem)})',
+        f"print(classifier({_example_input(settings)}))",
+        "```",
+        "",
+        "## Training",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| base model | `{settings.model}` |",
+        f"| epochs / steps | {training.get('epochs')} / {training.get('steps')} |",
+        f"| batch size (per device x accumulation x devices) | {settings.batch_size} x "
+        f"{settings.gradient_accumulation_steps} x {training.get('world_size')} |",
+        f"| learning rate, schedule, warm-up | {settings.learning_rate}, {settings.lr_scheduler}, "
+        f"{settings.warmup_ratio:.0%} |",
+        f"| weight decay | {settings.weight_decay} |",
+        f"| max length | {data['max_length']} tokens |",
+        f"| precision | {training.get('precision')} |",
+        f"| device | {training.get('device')} |",
+        f"| seed | {settings.seed} |",
+        f"| train throughput | {_fmt(training.get('train_samples_per_second'))} samples/s |",
+        "",
+        "Everything needed to reproduce the run (settings with secrets removed, library "
+        "versions, dataset fingerprint, timings) is in `run_manifest.json`; per-step "
+        "losses are in `train_log.jsonl`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _front_matter(settings: Settings, document: dict[str, Any]) -> list[str]:
+    meta: list[str] = ["---", "library_name: transformers", "pipeline_tag: text-classification"]
+    meta += ["tags:", "- text-classification", "- ftjob"]
+    if _hub_id(settings.model, "FT_MODEL", "model"):
+        meta.append(f"base_model: {json.dumps(settings.model)}")
+    if _hub_id(settings.dataset, "FT_DATASET", "dataset"):
+        meta += ["datasets:", f"- {json.dumps(settings.dataset)}"]
+    meta += ["metrics:", f"- {document['headline']['metric']}", "---", ""]
+    return meta
+
+
+def _hub_id(value: str, variable: str, what: str) -> bool:
+    try:
+        return classify(value, variable, what=what).kind == "hub"
+    except Exception:
+        return False
+
+
+def _label_table(document: dict[str, Any]) -> list[str]:
+    per_class = document["validation"].get("per_class", {})
+    lines = ["## Labels", "", "| id | label | validation support | validation f1 |", "|---:|---|---:|---:|"]
+    for i, name in enumerate(document["labels"]):
+        detail = per_class.get(name, {})
+        lines.append(f"| {i} | {name} | {detail.get('support', '')} | {_fmt(detail.get('f1'))} |")
+    return [*lines, ""]
+
+
+def _task(problem: str, labels: list[str]) -> str:
+    if problem == REGRESSION:
+        return "text regression"
+    if problem == MULTI:
+        return f"multi-label classification over {len(labels)} labels"
+    return f"{len(labels)}-way text classification ({', '.join(labels[:6])}{', ...' if len(labels) > 6 else ''})"
+
+
+def _pipeline_kwargs(problem: str) -> str:
+    if problem == MULTI:
+        return ', top_k=None, function_to_apply="sigmoid"'
+    if problem == REGRESSION:
+        return ', function_to_apply="none"'
+    return ""
+
+
+def _example_input(settings: Settings) -> str:
+    if settings.text_pair_column:
+        return '{"text": "The first sentence.", "text_pair": "The second sentence."}'
+    return '"A sentence to classify."'
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

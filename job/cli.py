@@ -1,0 +1,75 @@
+"""Command line: `python -m job` (or `ftjob`). Configuration comes from FT_* variables.
+
+python -m job                   # train, evaluate, verify, publish
+python -m job --print-config    # the effective settings, secrets redacted
+python -m job --env-file demo.env
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from job.config import load_settings
+from job.errors import ConfigError, ExitCode, JobError
+from job.logs import configure_logging, get_logger, route_library_logs
+from job.settings import Settings, redacted
+
+# Values of these variables are masked wherever they would be logged.
+SECRET_VARIABLES = ("HF_TOKEN", "FT_HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ftjob",
+        description="Fine-tune a BERT-family text classifier. Configure it with FT_* environment "
+        "variables (see the README's settings table).",
+    )
+    p.add_argument("--env-file", type=Path, help="read settings from this file instead of ./.env")
+    p.add_argument("--print-config", action="store_true", help="print the effective settings and exit")
+    return p
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    log = get_logger("job")
+    configure_logging(secrets=_secrets(None))  # until the settings say otherwise
+    try:
+        settings, warnings = load_settings(args.env_file)
+    except ConfigError as exc:
+        log.error(exc.event, error=exc.message, exit_code=int(exc.exit_code))
+        return int(exc.exit_code)
+    configure_logging(
+        log_format=settings.log_format, level=settings.log_level, run_id=settings.run_id, secrets=_secrets(settings)
+    )
+    for warning in warnings:
+        log.warning("config.unknown_variable", detail=warning)
+    if args.print_config:
+        print(json.dumps(redacted(settings), indent=2))
+        return int(ExitCode.OK)
+
+    from job.main import main  # heavy imports (torch, transformers) only when training
+
+    route_library_logs(settings.log_format)
+    try:
+        main(settings)
+    except JobError as exc:
+        log.error(exc.event, error=exc.message, exit_code=int(exc.exit_code))
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        log.error("run.interrupted", exit_code=int(ExitCode.INTERRUPTED))
+        return int(ExitCode.INTERRUPTED)
+    except Exception:
+        log.exception("run.crashed", exit_code=int(ExitCode.INTERNAL))
+        return int(ExitCode.INTERNAL)
+    return int(ExitCode.OK)
+
+
+def _secrets(settings: Settings | None) -> list[str]:
+    values = [os.environ.get(name, "") for name in SECRET_VARIABLES]
+    if settings is not None and settings.hf_token is not None:
+        values.append(settings.hf_token.get_secret_value())
+    return [v for v in values if len(v) >= 6]

@@ -1,0 +1,108 @@
+"""Turn the environment into validated Settings, or into one readable error line."""
+
+from __future__ import annotations
+
+import os
+import types
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import annotated_types
+from dotenv import dotenv_values
+from pydantic import SecretStr, ValidationError
+
+from job.errors import ConfigError
+from job.settings import Settings, env_name, unknown_prefixed_variables
+
+
+def load_settings(env_file: Path | None = None) -> tuple[Settings, list[str]]:
+    """Validated settings plus warnings about `FT_*` variables that match no setting.
+
+    `env_file` replaces the default `.env`; a named file that does not exist is an error.
+    """
+    if env_file is not None and not env_file.is_file():
+        raise ConfigError(f"env file '{env_file}' does not exist; pass an existing file to --env-file")
+    dotenv_path = env_file or Path(".env")
+    try:
+        settings = Settings(_env_file=dotenv_path)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+    seen = dict(os.environ)
+    if dotenv_path.is_file():
+        seen.update({k: v or "" for k, v in dotenv_values(dotenv_path).items()})
+    warnings = [
+        f"{name} is not a setting and is ignored" + (f"; did you mean {match}?" if match else "")
+        for name, match in unknown_prefixed_variables(seen)
+    ]
+    return settings, warnings
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line: each bad variable, the value it had and what it accepts."""
+    return "; ".join(_describe_one(error) for error in exc.errors())
+
+
+def _describe_one(error: Any) -> str:
+    loc = error.get("loc") or ()
+    name = next((part for part in loc if isinstance(part, str) and part in Settings.model_fields), None)
+    if name is None:
+        # A whole-model check: its message already names the variables.
+        return str(error["msg"]).removeprefix("Value error, ")
+    variable = env_name(name)
+    allowed = allowed_values(name)
+    if error["type"] == "missing":
+        return f"{variable} is not set; set it to {allowed}"
+    value = error.get("input")
+    shown = "<redacted>" if _without_none(Settings.model_fields[name].annotation) is SecretStr else repr(value)
+    # Our own validators explain themselves; pydantic's type and bound messages only
+    # restate what `allowed` already says.
+    reason = f": {str(error['msg']).removeprefix('Value error, ')}" if error["type"] == "value_error" else ""
+    return f"{variable}={shown} is invalid{reason}; expected {allowed}"
+
+
+def allowed_values(name: str) -> str:
+    """What a setting accepts, in words, from its type and bounds."""
+    field = Settings.model_fields[name]
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if extra.get("allowed"):
+        return str(extra["allowed"])
+    base = _without_none(field.annotation)
+    if get_origin(base) is Literal:
+        return "one of " + ", ".join(str(choice) for choice in get_args(base))
+    if base is bool:
+        return "true or false"
+    if base is SecretStr:
+        return "a token string"
+    if base is Path:
+        return "a directory path"
+    if base in (int, float):
+        kind = "an integer" if base is int else "a number"
+        bounds = [_bound(meta) for meta in field.metadata]
+        bounds = [b for b in bounds if b]
+        return kind + (" " + " and ".join(bounds) if bounds else "")
+    if any(isinstance(meta, annotated_types.MinLen) for meta in field.metadata):
+        return "a non-empty string"
+    return "a string"
+
+
+def _bound(meta: Any) -> str | None:
+    for cls, attr, symbol in (
+        (annotated_types.Gt, "gt", ">"),
+        (annotated_types.Ge, "ge", ">="),
+        (annotated_types.Lt, "lt", "<"),
+        (annotated_types.Le, "le", "<="),
+    ):
+        if isinstance(meta, cls):
+            return f"{symbol} {getattr(meta, attr)}"
+    return None
+
+
+def _without_none(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _without_none(args[0])
+    if hasattr(annotation, "__metadata__"):  # Annotated[...]
+        return _without_none(get_args(annotation)[0])
+    return annotation

@@ -1,0 +1,59 @@
+"""Failure categories and the process exit codes they map to.
+
+Each code is documented in the README; schedulers key off them (a Kubernetes
+podFailurePolicy fails fast on configuration and data errors, retries on others).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    INTERNAL = 1
+    CONFIG = 2
+    DATA = 3
+    TRAINING = 4
+    VERIFICATION = 5
+    STORAGE = 6
+    INTERRUPTED = 130
+
+
+class JobError(Exception):
+    """An expected failure: one line for the operator, and an exit code.
+
+    The message names what is wrong (variable, file, location) and how to fix it.
+    """
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+    event: str = "job.failed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(JobError):
+    exit_code = ExitCode.CONFIG
+    event = "config.invalid"
+
+
+class DataError(JobError):
+    exit_code = ExitCode.DATA
+    event = "data.invalid"
+
+
+class TrainingError(JobError):
+    exit_code = ExitCode.TRAINING
+    event = "training.failed"
+
+
+class VerificationError(JobError):
+    exit_code = ExitCode.VERIFICATION
+    event = "verification.failed"
+
+
+class StorageError(JobError):
+    exit_code = ExitCode.STORAGE
+    event = "storage.failed"

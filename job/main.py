@@ -1,0 +1,105 @@
+"""The job, top to bottom: settings -> data -> tokenize -> train -> evaluate -> save
+-> verify -> publish.
+
+    FT_MODEL=bert-base-uncased FT_DATASET=imdb python -m job
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from job import artifacts, card, modeling
+from job.files import write_json
+from job.logs import get_logger
+from job.prepare import prepare
+from job.settings import Settings
+from job.storage import open_output
+from job.training import train_and_evaluate
+from job.verify import verify_saved_model
+
+log = get_logger("job")
+
+
+@dataclass
+class _Timings:
+    started: float = field(default_factory=time.time)
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        begin = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = time.monotonic() - begin
+
+
+def main(settings: Settings) -> dict[str, Any]:
+    """Run the job; returns the summary it logs. Raises JobError subclasses on failure."""
+    timings = _Timings()
+    output = open_output(settings)
+    if output.is_complete():
+        log.info("run.already_complete", location=output.location, effect="nothing to do")
+        return {"status": "already_complete", "location": output.location}
+    output.check_writable()
+    work = settings.run_work_dir()
+    staging, checkpoints = work / "model", work / "checkpoints"
+    shutil.rmtree(staging, ignore_errors=True)  # a previous attempt's partial files
+    staging.mkdir(parents=True)
+    log.info("run.started", model=settings.model, dataset=settings.dataset, output=output.location, work_dir=str(work))
+
+    with timings.phase("prepare"):
+        config = modeling.load_config(settings)
+        tokenizer = modeling.load_tokenizer(settings)
+        modeling.check_tokenizer_matches(tokenizer, config)
+        prepared = prepare(settings, tokenizer, modeling.max_length(settings, tokenizer, config))
+
+    with timings.phase("train_and_evaluate"):
+        outcome = train_and_evaluate(settings, prepared, tokenizer, staging=staging, checkpoints=checkpoints)
+
+    document = artifacts.metrics_document(outcome, prepared)
+    write_json(staging / artifacts.METRICS, document)
+    if outcome.test is not None:
+        artifacts.write_predictions(staging / artifacts.TEST_PREDICTIONS, outcome.test, prepared.labels)
+
+    with timings.phase("verify"):
+        verification = verify_saved_model(
+            staging, prepared, outcome.validation, settings, precision=outcome.stats["precision"]
+        )
+
+    first_step = outcome.stats.get("first_step_unix")
+    if first_step:
+        timings.phases["to_first_step"] = first_step - timings.started
+    timings.phases["total_before_publish"] = time.time() - timings.started
+    manifest = artifacts.run_manifest(
+        settings,
+        prepared,
+        outcome,
+        timings=timings.phases,
+        verification=verification,
+        files=sorted(p.name for p in staging.iterdir()),
+    )
+    write_json(staging / artifacts.RUN_MANIFEST, manifest)
+    (staging / "README.md").write_text(card.render(settings, document, manifest, model_ref=output.model_ref))
+
+    with timings.phase("publish"):
+        location = output.publish(staging)
+    shutil.rmtree(work, ignore_errors=True)  # checkpoints are superseded by the published model
+
+    summary = {
+        "status": "completed",
+        "location": location,
+        "metrics": f"{location}/{artifacts.METRICS}",
+        "headline_metric": document["headline"]["metric"],
+        "headline_value": document["headline"]["value"],
+        "wall_s": round(time.time() - timings.started, 1),
+        "train_samples_per_second": outcome.stats.get("train_samples_per_second"),
+        "padding_efficiency": outcome.stats.get("padding_efficiency"),
+    }
+    log.info("run.completed", **summary)
+    return summary

@@ -1,0 +1,123 @@
+"""Load the tokenizer and the sequence-classification model named by FT_MODEL."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from job.errors import ConfigError
+from job.labels import LabelSpec
+from job.locations import Location, classify
+from job.settings import Settings
+
+# Architectures whose position ids start after the padding index, so two of
+# `max_position_embeddings` are unusable (RoBERTa: 514 -> 512 tokens).
+_OFFSET_POSITIONS = frozenset(
+    {"roberta", "xlm-roberta", "camembert", "longformer", "mpnet", "data2vec-text", "roberta-prelayernorm", "xmod"}
+)
+_NO_LIMIT = 100_000  # tokenizers without a limit report a huge sentinel
+
+
+def model_location(settings: Settings) -> Location:
+    location = classify(settings.model, "FT_MODEL", what="model")
+    if location.kind == "s3":
+        raise ConfigError(f"FT_MODEL='{settings.model}': s3:// models are not supported yet; copy the folder locally")
+    return location
+
+
+def _common(settings: Settings) -> dict[str, Any]:
+    return {
+        "revision": settings.model_revision,
+        "token": settings.hf_token.get_secret_value() if settings.hf_token else None,
+        "trust_remote_code": settings.trust_remote_code,
+        "cache_dir": str(settings.cache_dir / "hub"),
+    }
+
+
+def load_config(settings: Settings) -> PretrainedConfig:
+    location = model_location(settings)
+    try:
+        return AutoConfig.from_pretrained(location.ref, **_common(settings))
+    except Exception as exc:
+        raise ConfigError(_load_failure(settings, "config", exc)) from None
+
+
+def load_tokenizer(settings: Settings) -> PreTrainedTokenizerBase:
+    location = model_location(settings)
+    try:
+        return AutoTokenizer.from_pretrained(location.ref, **_common(settings))
+    except Exception as exc:
+        raise ConfigError(_load_failure(settings, "tokenizer", exc)) from None
+
+
+def load_model(settings: Settings, labels: LabelSpec) -> PreTrainedModel:
+    location = model_location(settings)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            location.ref,
+            num_labels=labels.num_labels,
+            id2label=labels.id2label,
+            label2id={v: k for k, v in labels.id2label.items()},
+            problem_type=labels.problem_type,
+            # A checkpoint with a classifier for other labels (e.g. last production
+            # model retrained on a new label set) gets a fresh head instead of failing.
+            ignore_mismatched_sizes=True,
+            use_safetensors=True,
+            **_common(settings),
+        )
+    except Exception as exc:
+        raise ConfigError(_load_failure(settings, "weights", exc)) from None
+
+
+def max_length(settings: Settings, tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> int:
+    """FT_MAX_LENGTH, or the model's limit; never more than the limit."""
+    limits = []
+    if 0 < tokenizer.model_max_length < _NO_LIMIT:
+        limits.append(int(tokenizer.model_max_length))
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        limits.append(positions - 2 if config.model_type in _OFFSET_POSITIONS else positions)
+    limit = min(limits) if limits else 512
+    if settings.max_length is None:
+        return limit
+    if settings.max_length > limit:
+        raise ConfigError(
+            f"FT_MAX_LENGTH={settings.max_length} is beyond the model's limit of {limit} tokens; "
+            f"set FT_MAX_LENGTH to {limit} or less"
+        )
+    return settings.max_length
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Changes whenever the tokenizer would produce different ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    payload = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    payload += repr(sorted((k, str(v)) for k, v in tokenizer.special_tokens_map.items()))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _load_failure(settings: Settings, part: str, exc: BaseException) -> str:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    hint = "point FT_MODEL at a folder saved with save_pretrained or at a Hub model id"
+    if part == "weights":
+        hint += " that has model.safetensors weights"
+    return f"FT_MODEL='{settings.model}': could not load the {part}: {reason}; {hint}"
+
+
+def check_tokenizer_matches(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> None:
+    """A tokenizer with ids beyond the embedding table crashes mid-training; fail now."""
+    vocab = getattr(config, "vocab_size", None)
+    if vocab and len(tokenizer) > vocab:
+        raise ConfigError(
+            f"FT_MODEL: the tokenizer has {len(tokenizer)} tokens but the model embeds only {vocab}; "
+            "the tokenizer files do not belong to this model — save both from the same checkpoint"
+        )

@@ -1,0 +1,358 @@
+"""Every knob of the job, read from `FT_*` environment variables (or a .env file).
+
+Each field documents itself; the README's settings table is generated from this
+class (`make docs`) and a test fails when the two drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "FT_"
+
+ProblemType = Literal["auto", "single_label_classification", "multi_label_classification", "regression"]
+
+# Metrics the job computes, by problem type; used to validate the best-model metric.
+CLASSIFICATION_METRICS = (
+    "loss", "accuracy", "f1", "f1_macro", "f1_weighted", "precision", "precision_macro",
+    "precision_weighted", "recall", "recall_macro", "recall_weighted", "mcc",
+)  # fmt: skip
+MULTI_LABEL_METRICS = (
+    "loss", "subset_accuracy", "hamming_accuracy", "f1_micro", "f1_macro", "f1_weighted",
+    "precision_micro", "recall_micro",
+)  # fmt: skip
+REGRESSION_METRICS = ("loss", "mse", "rmse", "mae", "r2", "pearson", "spearman")
+LOWER_IS_BETTER = frozenset({"loss", "mse", "rmse", "mae"})
+
+
+def new_run_id() -> str:
+    """Sortable by start time, unique across concurrent starts."""
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ftjob"
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+        return [item for item in items if item] or None
+    return value
+
+
+def _split_mapping(value: Any) -> Any:
+    """`train=a.csv,validation=b.csv` -> {"train": "a.csv", "validation": "b.csv"}."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return None
+    mapping: dict[str, str] = {}
+    for item in value.split(","):
+        split, sep, pattern = item.partition("=")
+        if not sep or not split.strip() or not pattern.strip():
+            raise ValueError(f"'{item.strip()}' is not of the form split=path")
+        mapping[split.strip()] = pattern.strip()
+    return mapping
+
+
+def _blank_to_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+CommaList = Annotated[list[str] | None, NoDecode, BeforeValidator(_split_list)]
+SplitMapping = Annotated[dict[str, str] | None, NoDecode, BeforeValidator(_split_mapping)]
+OptionalStr = Annotated[str | None, BeforeValidator(_blank_to_none)]
+OptionalInt = Annotated[int | None, BeforeValidator(_blank_to_none)]
+
+
+def _field(group: str, description: str, *, allowed: str | None = None, **kwargs: Any) -> Any:
+    extra: dict[str, Any] = {"group": group}
+    if allowed:
+        extra["allowed"] = allowed
+    return Field(description=description, json_schema_extra=extra, **kwargs)
+
+
+class Settings(BaseSettings):
+    """The job's configuration. Precedence: environment > .env file > defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    # --- run -------------------------------------------------------------------------
+    run_id: str = _field(
+        "run",
+        "Name of this run; outputs go to `<FT_OUTPUT>/<run id>`. Re-using the id of a "
+        "completed run is a no-op. Default: UTC start time plus a random suffix.",
+        default_factory=new_run_id,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        allowed="1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+    )
+    output: str = _field(
+        "run",
+        "Where finished runs land: a local directory. The run is assembled elsewhere and "
+        "moved here only once it is complete and verified.",
+        default="./outputs",
+        min_length=1,
+    )
+    cache_dir: Path = _field(
+        "run",
+        "Local cache for downloaded models and datasets, tokenized data and in-progress "
+        "runs. Default: `$XDG_CACHE_HOME/ftjob` or `~/.cache/ftjob`.",
+        default_factory=default_cache_dir,
+    )
+    log_format: Literal["auto", "json", "console"] = _field(
+        "run",
+        "`json`: one JSON object per line; `console`: human-readable; `auto`: console on a terminal, JSON otherwise.",
+        default="auto",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = _field(
+        "run", "Lowest level of log events written.", default="info"
+    )
+
+    # --- model -----------------------------------------------------------------------
+    model: str = _field(
+        "model",
+        "Checkpoint to fine-tune: a Hub id (`org/name`) or a local folder saved with "
+        "`save_pretrained`. Any BERT-family encoder with a sequence-classification head.",
+        min_length=1,
+        allowed="a Hub model id (org/name) or a local model folder",
+    )
+    model_revision: OptionalStr = _field(
+        "model", "Hub branch, tag or commit of the model; pin it for reproducible runs.", default=None
+    )
+    hf_token: Annotated[SecretStr | None, BeforeValidator(_blank_to_none)] = _field(
+        "model",
+        "Hugging Face access token for private or gated models and datasets. Never logged.",
+        default=None,
+        validation_alias=AliasChoices("HF_TOKEN", "FT_HF_TOKEN"),
+    )
+    trust_remote_code: bool = _field(
+        "model",
+        "Allow model or dataset repositories to run their own Python code. Off: only "
+        "architectures built into transformers load.",
+        default=False,
+    )
+    max_length: OptionalInt = _field(
+        "model",
+        "Truncate inputs to this many tokens. Default: the model's limit (512 for BERT). "
+        "Must not exceed the model's limit.",
+        default=None,
+        ge=8,
+    )
+
+    # --- data ------------------------------------------------------------------------
+    dataset: str = _field(
+        "data",
+        "Training data: a Hub dataset id (`imdb`, `glue`) or a local csv/json/jsonl/parquet "
+        "file or directory (compressed files work). Splits come from file names "
+        "(`train.csv`, `validation.csv`, `test.csv`) or `FT_DATA_FILES`.",
+        min_length=1,
+        allowed="a Hub dataset id or a local file or directory",
+    )
+    dataset_config: OptionalStr = _field(
+        "data", "Hub dataset configuration name, e.g. `mrpc` for `glue`.", default=None
+    )
+    dataset_revision: OptionalStr = _field("data", "Hub branch, tag or commit of the dataset.", default=None)
+    data_files: SplitMapping = _field(
+        "data",
+        "Explicit split files, `split=path[,split=path]`; paths may be globs and are "
+        "relative to `FT_DATASET` when that is a directory.",
+        default=None,
+        allowed="comma-separated split=path pairs, e.g. train=a.csv,validation=b.csv",
+    )
+    data_format: Literal["auto", "csv", "json", "parquet"] = _field(
+        "data", "File format of local data; `auto` reads it from the file extension.", default="auto"
+    )
+    train_split: str = _field("data", "Split to train on.", default="train", min_length=1)
+    eval_split: OptionalStr = _field(
+        "data",
+        "Split to evaluate and select the best model on. Default: `validation`, `valid` or "
+        "`dev` if present, else a stratified slice of the training split "
+        "(`FT_VALIDATION_FRACTION`).",
+        default=None,
+    )
+    test_split: OptionalStr = _field(
+        "data",
+        "Split to predict (and score, when labelled) after training. Default: `test` if present. `none` disables.",
+        default=None,
+    )
+    text_column: str = _field("data", "Column holding the text.", default="text", min_length=1)
+    text_pair_column: OptionalStr = _field(
+        "data", "Column holding the second text of a pair (e.g. `sentence2` for MRPC).", default=None
+    )
+    label_column: str = _field("data", "Column holding the label.", default="label", min_length=1)
+    labels: CommaList = _field(
+        "data",
+        "Label names to keep, in id order (comma-separated). Rows with other labels are "
+        "dropped. Default: every label, in the dataset's ClassLabel order or sorted.",
+        default=None,
+        allowed="comma-separated label names",
+    )
+    problem_type: ProblemType = _field(
+        "data",
+        "`auto` infers it from the label column: lists -> multi-label, floats -> "
+        "regression, anything else -> single-label.",
+        default="auto",
+    )
+    label_separator: str = _field(
+        "data",
+        "Separator of label names inside one cell, for multi-label data stored as text (e.g. csv `sports|politics`).",
+        default="|",
+        min_length=1,
+    )
+    validation_fraction: float = _field(
+        "data",
+        "Share of the training split held out for evaluation when the dataset has no evaluation split.",
+        default=0.1,
+        gt=0,
+        le=0.5,
+    )
+    max_train_samples: OptionalInt = _field(
+        "data", "Train on a random subset of at most this many rows.", default=None, ge=1
+    )
+    max_eval_samples: OptionalInt = _field(
+        "data", "Evaluate on a random subset of at most this many rows.", default=None, ge=1
+    )
+    max_test_samples: OptionalInt = _field(
+        "data", "Predict on a random subset of at most this many test rows.", default=None, ge=1
+    )
+
+    # --- training --------------------------------------------------------------------
+    epochs: float = _field("training", "Passes over the training data.", default=3.0, gt=0, le=1000)
+    max_steps: OptionalInt = _field(
+        "training", "Stop after this many optimizer steps (overrides `FT_EPOCHS`).", default=None, ge=1
+    )
+    batch_size: int = _field("training", "Training batch size per device.", default=32, ge=1, le=65536)
+    eval_batch_size: OptionalInt = _field(
+        "training", "Evaluation batch size per device. Default: 2 x `FT_BATCH_SIZE`.", default=None, ge=1
+    )
+    gradient_accumulation_steps: int = _field(
+        "training", "Batches accumulated per optimizer step.", default=1, ge=1, le=4096
+    )
+    learning_rate: float = _field("training", "Peak learning rate (AdamW).", default=5e-5, gt=0, le=1)
+    weight_decay: float = _field(
+        "training", "AdamW weight decay (not applied to biases and LayerNorm).", default=0.01, ge=0, le=1
+    )
+    warmup_ratio: float = _field(
+        "training", "Share of the steps spent warming the learning rate up.", default=0.1, ge=0, lt=1
+    )
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _field(
+        "training", "Learning-rate schedule after warm-up.", default="linear"
+    )
+    max_grad_norm: float = _field("training", "Clip gradients to this norm; 0 disables clipping.", default=1.0, ge=0)
+    seed: int = _field(
+        "training", "Seed for data splits, subsets, shuffling and weights.", default=42, ge=0, le=2**32 - 1
+    )
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = _field(
+        "training",
+        "`auto`: bf16 on GPUs that support it, fp16 on older GPUs, full precision on CPU.",
+        default="auto",
+    )
+    group_by_length: bool = _field(
+        "training", "Batch rows of similar length together so little padding is computed.", default=True
+    )
+    eval_steps: OptionalInt = _field(
+        "training", "Evaluate every this many steps instead of once per epoch.", default=None, ge=1
+    )
+    logging_steps: int = _field(
+        "training", "Log progress (and append to train_log.jsonl) every this many steps.", default=10, ge=1
+    )
+    metric_for_best_model: OptionalStr = _field(
+        "training",
+        "Evaluation metric that picks the best checkpoint. Default: `f1_macro` "
+        "(classification, multi-label) or `rmse` (regression). `f1`, `precision` and "
+        "`recall` are those of label id 1 for binary tasks, macro averages otherwise.",
+        default=None,
+        allowed=f"one of {', '.join(dict.fromkeys(CLASSIFICATION_METRICS + MULTI_LABEL_METRICS + REGRESSION_METRICS))}",
+    )
+    early_stopping_patience: OptionalInt = _field(
+        "training",
+        "Stop after this many evaluations without improvement of the best-model metric. Unset: train for all epochs.",
+        default=None,
+        ge=1,
+    )
+    dataloader_workers: OptionalInt = _field(
+        "training", "Data-loading worker processes. Default: 2 on GPU, 0 on CPU.", default=None, ge=0, le=64
+    )
+
+    # --- verification -----------------------------------------------------------------
+    verify_samples: int = _field(
+        "verification",
+        "Evaluation rows the saved model is reloaded and re-scored on before the run counts as successful.",
+        default=16,
+        ge=1,
+        le=4096,
+    )
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        if self.text_pair_column and self.text_pair_column == self.text_column:
+            raise ValueError(f"FT_TEXT_PAIR_COLUMN must differ from FT_TEXT_COLUMN (both are '{self.text_column}')")
+        if self.label_column in {self.text_column, self.text_pair_column}:
+            raise ValueError(f"FT_LABEL_COLUMN '{self.label_column}' is also used as a text column")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"FT_LABELS lists a label twice: {','.join(self.labels)}")
+        if self.metric_for_best_model is not None:
+            known = CLASSIFICATION_METRICS + MULTI_LABEL_METRICS + REGRESSION_METRICS
+            if self.metric_for_best_model not in known:
+                raise ValueError(
+                    f"FT_METRIC_FOR_BEST_MODEL='{self.metric_for_best_model}' is not a metric the "
+                    f"job computes; use one of {', '.join(dict.fromkeys(known))}"
+                )
+        return self
+
+    # --- derived ----------------------------------------------------------------------
+    @property
+    def test_split_disabled(self) -> bool:
+        return (self.test_split or "").lower() == "none"
+
+    def run_work_dir(self) -> Path:
+        """Scratch space of this run: staging area and checkpoints."""
+        return self.cache_dir / "runs" / self.run_id
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable a user sets for a field (its alias, if it has one)."""
+    field = Settings.model_fields[field_name]
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    if isinstance(alias, str):
+        return alias
+    return ENV_PREFIX + field_name.upper()
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """Settings keyed by environment variable, secrets masked; safe to log or publish."""
+    out: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = "**********" if value.get_secret_value() else ""
+        elif isinstance(value, Path):
+            value = str(value)
+        out[env_name(name)] = value
+    return out
+
+
+def unknown_prefixed_variables(environ: dict[str, str]) -> list[tuple[str, str | None]]:
+    """`FT_*` variables that are not settings, each with the closest real name."""
+    import difflib
+
+    known = {env_name(name) for name in Settings.model_fields} | {ENV_PREFIX + "HF_TOKEN"}
+    unknown = sorted(k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+    return [(k, next(iter(difflib.get_close_matches(k.upper(), known, n=1, cutoff=0.75)), None)) for k in unknown]

@@ -1,0 +1,328 @@
+"""Fine-tune with transformers' Trainer (accelerate underneath), evaluate, save.
+
+Runs the same in a single process and in every rank of a distributed launch:
+the Trainer shards batches and gathers evaluation outputs over all ranks, and
+only the main process writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import SequentialSampler
+from transformers import (
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from job import metrics
+from job.errors import ConfigError, TrainingError
+from job.labels import MULTI, REGRESSION, SINGLE, LabelSpec
+from job.logs import get_logger
+from job.modeling import load_model
+from job.prepare import PreparedData
+from job.settings import (
+    CLASSIFICATION_METRICS,
+    LOWER_IS_BETTER,
+    MULTI_LABEL_METRICS,
+    REGRESSION_METRICS,
+    Settings,
+)
+from job.tokenization import LENGTH
+
+TRAIN_LOG = "train_log.jsonl"
+
+log = get_logger("job.training")
+
+
+@dataclass
+class Prediction:
+    logits: np.ndarray
+    labels: np.ndarray | None  # None for an unlabelled split
+    index: list[int]  # source row of each prediction
+    loss: float | None = None
+
+
+@dataclass
+class TrainOutcome:
+    validation: Prediction
+    test: Prediction | None
+    best_metric: str
+    best_value: float | None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_precision(setting: str) -> str:
+    """`no`, `bf16` or `fp16`, checked against the hardware."""
+    cuda = torch.cuda.is_available()
+    if setting == "auto":
+        if not cuda:
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if setting == "fp16" and not cuda:
+        raise ConfigError("FT_MIXED_PRECISION=fp16 needs a CUDA GPU; use bf16, no or auto on CPU")
+    if setting == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ConfigError("FT_MIXED_PRECISION=bf16 is not supported by this GPU; use fp16 or auto")
+    return setting
+
+
+def best_model_metric(settings: Settings, spec: LabelSpec) -> str:
+    metric = settings.metric_for_best_model or metrics.default_metric(spec)
+    allowed = {SINGLE: CLASSIFICATION_METRICS, MULTI: MULTI_LABEL_METRICS, REGRESSION: REGRESSION_METRICS}
+    if metric not in allowed[spec.problem_type]:
+        raise ConfigError(
+            f"FT_METRIC_FOR_BEST_MODEL={metric} does not apply to {spec.problem_type}; "
+            f"use one of {', '.join(allowed[spec.problem_type])}"
+        )
+    return metric
+
+
+def train_and_evaluate(
+    settings: Settings,
+    prepared: PreparedData,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    staging: Path,
+    checkpoints: Path,
+) -> TrainOutcome:
+    precision = resolve_precision(settings.mixed_precision)
+    metric = best_model_metric(settings, prepared.labels)
+    set_seed(settings.seed)
+    model = load_model(settings, prepared.labels)
+    args = _arguments(settings, checkpoints, precision, metric)
+    callbacks: list[TrainerCallback] = [ProgressLog(staging / TRAIN_LOG), NonFiniteLossGuard()]
+    if settings.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
+    trainer = _Trainer(
+        model=model,
+        args=args,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.validation,
+        processing_class=tokenizer,
+        # Pad each batch only to its longest row; multiples of 8 suit tensor cores.
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
+        compute_metrics=lambda p: metrics.scalars(p.predictions, p.label_ids, prepared.labels),
+        callbacks=callbacks,
+        lengths=list(prepared.train[LENGTH]) if settings.group_by_length else None,
+    )
+    trainer.remove_callback(PrinterCallback)  # prints raw dicts to stdout; ProgressLog replaces it
+
+    log.info(
+        "train.started",
+        rows=len(prepared.train),
+        epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        batch_size=settings.batch_size,
+        effective_batch_size=args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        world_size=args.world_size,
+        device=_device_name(),
+        precision=precision,
+        best_model_metric=metric,
+    )
+    try:
+        result = trainer.train()
+    except torch.OutOfMemoryError:
+        raise TrainingError(
+            f"out of memory at FT_BATCH_SIZE={settings.batch_size} and FT_MAX_LENGTH={prepared.max_length}; "
+            "lower FT_BATCH_SIZE (raise FT_GRADIENT_ACCUMULATION_STEPS to keep the effective batch) "
+            "or FT_MAX_LENGTH"
+        ) from None
+
+    validation = _predict(trainer, prepared.validation, "eval")
+    test = _predict(trainer, prepared.test, "test") if prepared.test is not None else None
+    trainer.save_model(str(staging))
+    if trainer.is_world_process_zero():
+        # A pickle of TrainingArguments: unsafe to load, and the run manifest says more.
+        (staging / "training_args.bin").unlink(missing_ok=True)
+
+    stats = _throughput(trainer, result.metrics)
+    stats.update(
+        precision=precision,
+        device=_device_name(),
+        world_size=args.world_size,
+        steps=result.global_step,
+        epochs=round(float(trainer.state.epoch or 0), 4),
+        train_loss=result.training_loss,
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        first_step_unix=trainer.progress.first_step_unix,
+    )
+    log.info("train.completed", **{k: v for k, v in stats.items() if k != "best_checkpoint"})
+    return TrainOutcome(
+        validation=validation,
+        test=test,
+        best_metric=metric,
+        best_value=trainer.state.best_metric,
+        stats=stats,
+    )
+
+
+def _arguments(settings: Settings, checkpoints: Path, precision: str, metric: str) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
+    strategy = "steps" if settings.eval_steps else "epoch"
+    workers = settings.dataloader_workers if settings.dataloader_workers is not None else (2 if cuda else 0)
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps or -1,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.eval_batch_size or 2 * settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a share of all steps
+        lr_scheduler_type=settings.lr_scheduler,
+        max_grad_norm=settings.max_grad_norm,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        tf32=True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None,
+        use_cpu=not cuda,
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+        eval_strategy=strategy,
+        eval_steps=settings.eval_steps,
+        save_strategy=strategy,
+        save_steps=settings.eval_steps,
+        save_total_limit=1,  # the Trainer still keeps the best checkpoint beside the latest
+        load_best_model_at_end=True,
+        metric_for_best_model=metric,
+        greater_is_better=metric not in LOWER_IS_BETTER,
+        logging_strategy="steps",
+        logging_steps=settings.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # the default hides NaN losses; the guard must see them
+        disable_tqdm=True,
+        report_to="none",
+        dataloader_num_workers=workers,
+        dataloader_pin_memory=cuda,
+        dataloader_persistent_workers=workers > 0,
+        average_tokens_across_devices=False,  # else DDP logs the loss times the world size
+    )
+
+
+class _Trainer(Trainer):
+    """Trainer with precomputed lengths for length grouping, in-order evaluation,
+    and a count of processed tokens that costs no device sync."""
+
+    def __init__(self, *args: Any, lengths: list[int] | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lengths = lengths
+        self.processed_tokens = 0
+        self.real_tokens: torch.Tensor | int = 0  # stays on the device until the end
+        self.progress = next(c for c in self.callback_handler.callbacks if isinstance(c, ProgressLog))
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        # The stock sampler drops the length column before reading it and falls
+        # back to measuring every row; the lengths are already known.
+        if self._lengths is not None:
+            return LengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self._lengths
+            )
+        return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+        # Keep dataset order (already sorted by length) so predictions line up with rows.
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        self.processed_tokens += int(inputs["input_ids"].numel())  # shape only: no sync
+        self.real_tokens = self.real_tokens + inputs["attention_mask"].sum()  # async on GPU
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+class ProgressLog(TrainerCallback):
+    """Progress events (step, epoch, loss, lr, samples/s, ETA) and train_log.jsonl."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.started = 0.0
+        self.first_step_unix: float | None = None
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started = time.monotonic()
+        self.start_step = state.global_step
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.first_step_unix is None:
+            self.first_step_unix = time.time()
+
+    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and k != "total_flos"}
+        record = {"step": state.global_step, **numbers, "epoch": round(float(state.epoch or 0), 4)}
+        if "loss" in logs:
+            elapsed = time.monotonic() - self.started
+            done = state.global_step - self.start_step
+            samples_per_step = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+            rate = done / elapsed if elapsed > 0 and done > 0 else 0.0
+            record["samples_per_second"] = round(rate * samples_per_step, 2)
+            record["eta_seconds"] = round((state.max_steps - state.global_step) / rate, 1) if rate else None
+            log.info("train.progress", max_steps=state.max_steps, **record)
+        elif any(k.startswith("eval_") for k in logs):
+            log.info("eval.completed", **record)
+        else:
+            return  # the end-of-training summary; reported by the caller
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+class NonFiniteLossGuard(TrainerCallback):
+    """Stops the run when the logged loss is NaN or infinite: nothing after would be valid."""
+
+    def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise TrainingError(
+                f"training loss became {loss} at step {state.global_step}; lower FT_LEARNING_RATE, check the "
+                "labels (regression targets should be of modest size), or use bf16 instead of fp16"
+            )
+
+
+def _predict(trainer: Trainer, dataset: Any, prefix: str) -> Prediction:
+    output = trainer.predict(dataset, metric_key_prefix=prefix)
+    return Prediction(
+        logits=np.asarray(output.predictions),
+        labels=None if output.label_ids is None else np.asarray(output.label_ids),
+        index=list(dataset["index"]),
+        loss=output.metrics.get(f"{prefix}_loss"),
+    )
+
+
+def _throughput(trainer: _Trainer, train_metrics: dict[str, Any]) -> dict[str, Any]:
+    runtime = float(train_metrics.get("train_runtime") or 0.0)
+    counts = torch.stack([torch.as_tensor(trainer.processed_tokens), torch.as_tensor(trainer.real_tokens).cpu()]).to(
+        trainer.args.device, torch.int64
+    )
+    if trainer.args.world_size > 1:
+        counts = trainer.accelerator.reduce(counts, reduction="sum")
+    processed, real = (int(v) for v in counts.tolist())
+    return {
+        "train_runtime_s": round(runtime, 2),
+        "train_samples_per_second": train_metrics.get("train_samples_per_second"),
+        "train_real_tokens_per_second": round(real / runtime, 1) if runtime else None,
+        "real_tokens": real,
+        "processed_tokens": processed,
+        "padding_efficiency": round(real / processed, 4) if processed else None,
+    }
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)} x{torch.cuda.device_count()})"
+    return "cpu"

@@ -1,0 +1,147 @@
+"""Shared fixtures: a tiny BERT built from scratch and small, learnable datasets.
+
+Nothing is downloaded: the model is a 2-layer, 32-wide BERT with a WordPiece vocab
+of a few dozen words, saved the way a Hub checkpoint would be.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from job.settings import Settings
+
+POSITIVE = ["great", "wonderful", "superb", "delightful", "brilliant", "moving"]
+NEGATIVE = ["awful", "boring", "dreadful", "tedious", "clumsy", "bland"]
+TOPICS = {
+    "sports": ["goal", "match", "team", "coach"],
+    "politics": ["vote", "senate", "policy", "election"],
+    "tech": ["software", "chip", "robot", "server"],
+}
+FILLER = ["the", "film", "was", "a", "and", "story", "it", "of", "this", "really", "quite", "plot", "cast", "is"]
+VOCAB = sorted({*POSITIVE, *NEGATIVE, *FILLER, *(w for ws in TOPICS.values() for w in ws), "yes", "no"})
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *VOCAB]) + "\n")
+    # `vocab=` (not `vocab_file=`, which is silently ignored) reads the file.
+    tokenizer = BertTokenizerFast(vocab=str(vocab_file), model_max_length=64)
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def sentence(rng: random.Random, *keywords: str, length: tuple[int, int] = (4, 14)) -> str:
+    words = [rng.choice(FILLER) for _ in range(rng.randint(*length))]
+    for word in keywords:
+        words.insert(rng.randint(0, len(words)), word)
+    return " ".join(words)
+
+
+def rows(kind: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Rows whose label follows from keywords, so a tiny model can learn it fast."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        if kind == "binary":
+            positive = i % 2 == 0
+            out.append({"text": sentence(rng, rng.choice(POSITIVE if positive else NEGATIVE)), "label": int(positive)})
+        elif kind == "string":
+            positive = i % 2 == 0
+            word = rng.choice(POSITIVE if positive else NEGATIVE)
+            out.append({"review": sentence(rng, word), "sentiment": "pos" if positive else "neg"})
+        elif kind == "multiclass":
+            topic = list(TOPICS)[i % 3]
+            out.append({"text": sentence(rng, rng.choice(TOPICS[topic])), "label": topic})
+        elif kind == "pairs":
+            topic = list(TOPICS)[i % 3]
+            same = i % 2 == 0
+            other = topic if same else list(TOPICS)[(i + 1) % 3]
+            out.append(
+                {
+                    "sentence1": sentence(rng, rng.choice(TOPICS[topic])),
+                    "sentence2": sentence(rng, rng.choice(TOPICS[other])),
+                    "label": int(same),
+                }
+            )
+        elif kind == "multilabel":
+            chosen = [t for t in TOPICS if rng.random() < 0.25] or [list(TOPICS)[i % 3]]
+            out.append({"text": sentence(rng, *(rng.choice(TOPICS[t]) for t in chosen)), "label": chosen})
+        elif kind == "regression":
+            good, bad = rng.randint(0, 3), rng.randint(0, 3)
+            words = [rng.choice(POSITIVE) for _ in range(good)] + [rng.choice(NEGATIVE) for _ in range(bad)]
+            out.append({"text": sentence(rng, *words), "label": float(good - bad)})
+        else:
+            raise ValueError(kind)
+    return out
+
+
+def write(path: Path, records: list[dict[str, Any]]) -> Path:
+    """Write records as csv, jsonl or parquet, by the file's extension."""
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(records)
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix in (".jsonl", ".json"):
+        frame.to_json(path, orient="records", lines=True)
+    elif path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        raise ValueError(path)
+    return path
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No FT_* or token variables from the developer's shell, and no ./.env."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("FT_") or name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+@pytest.fixture
+def make_settings(clean_env: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path):
+    """Settings for a fast run of the tiny model; keyword arguments override."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "model": str(tiny_model),
+            "output": str(tmp_path / "outputs"),
+            "cache_dir": tmp_path / "cache",
+            "run_id": "test-run",
+            "epochs": 4,
+            "batch_size": 16,
+            "learning_rate": 3e-3,
+            "warmup_ratio": 0.0,
+            "logging_steps": 5,
+            "log_format": "json",
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return build
