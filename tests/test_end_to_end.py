@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from conftest import rows, write
 from transformers import pipeline
 
-from job.errors import TrainingError
+from job.errors import ConfigError, TrainingError
 from job.files import sha256_of
 from job.main import main
 from job.storage import COMPLETE
@@ -165,3 +166,32 @@ def test_non_finite_loss_stops_the_run_and_publishes_nothing(make_settings, tmp_
         main(settings)
     assert not (tmp_path / "outputs" / "test-run").exists()
     assert (settings.run_work_dir() / "model" / "train_log.jsonl").is_file()  # what was written is kept
+
+
+def test_gradient_accumulation_divides_the_optimizer_steps(make_settings, tmp_path: Path) -> None:
+    data = str(dataset_dir(tmp_path, "binary", n=120, test=0))
+    plain = main(make_settings(dataset=data, epochs=2, run_id="plain"))
+    accumulated = main(make_settings(dataset=data, epochs=2, gradient_accumulation_steps=2, run_id="accum"))
+    steps = {}
+    for name, summary in (("plain", plain), ("accum", accumulated)):
+        steps[name] = json.loads((Path(summary["location"]) / "run_manifest.json").read_text())["training"]["steps"]
+    batches = math.ceil(108 / 16)  # 120 rows less the 10% held out, batch 16
+    assert steps == {"plain": 2 * batches, "accum": 2 * math.ceil(batches / 2)}
+
+
+def test_max_length_beyond_the_model_limit_is_refused(make_settings, tmp_path: Path) -> None:
+    settings = make_settings(dataset=str(dataset_dir(tmp_path, "binary", n=40, test=0)), max_length=100)
+    with pytest.raises(ConfigError, match="FT_MAX_LENGTH=100 is beyond the model's limit of 64 tokens"):
+        main(settings)
+
+
+def test_the_best_checkpoint_is_published_not_the_last(make_settings, tmp_path: Path) -> None:
+    # A constant, too-high learning rate makes evaluation scores go up and down.
+    settings = make_settings(
+        dataset=str(dataset_dir(tmp_path, "multiclass", test=0)), epochs=8, learning_rate=0.02, lr_scheduler="constant"
+    )
+    run = Path(main(settings)["location"])
+    evals = [e["eval_f1_macro"] for e in read_jsonl(run / "train_log.jsonl") if "eval_f1_macro" in e]
+    assert max(evals) > evals[-1]  # otherwise this run cannot tell best from last
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["headline"]["value"] == pytest.approx(max(evals), abs=1e-9)
