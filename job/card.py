@@ -50,7 +50,8 @@ def render(settings: Settings, document: dict[str, Any], manifest: dict[str, Any
         "```python",
         "from transformers import pipeline",
         "",
-        f'classifier = pipeline("text-classification", model="{model_ref}"{_pipeline_kwargs(problem)})',
+        *_download_hint(model_ref),
+        f'classifier = pipeline("text-classification", model="{_local_ref(model_ref)}"{_pipeline_kwargs(problem)})',
         f"print(classifier({_example_input(settings)}))",
         "```",
         "",
@@ -86,8 +87,38 @@ def _front_matter(settings: Settings, document: dict[str, Any]) -> list[str]:
         meta.append(f"base_model: {json.dumps(settings.model)}")
     if _hub_id(settings.dataset, "FT_DATASET", "dataset"):
         meta += ["datasets:", f"- {json.dumps(settings.dataset)}"]
-    meta += ["metrics:", f"- {document['headline']['metric']}", "---", ""]
-    return meta
+    meta += ["metrics:", f"- {document['headline']['metric']}"]
+    meta += _model_index(settings, document)
+    return [*meta, "---", ""]
+
+
+def _model_index(settings: Settings, document: dict[str, Any]) -> list[str]:
+    """`model-index` metadata: the Hub renders it as the model page's results widget."""
+    q = json.dumps  # JSON strings are valid YAML scalars, quoting included
+    lines = ["model-index:", f"- name: {q(settings.run_id)}", "  results:"]
+    for split in ("validation", "test"):
+        if split not in document:
+            continue
+        lines += [
+            "  - task:",
+            "      type: text-classification",
+            "      name: Text Classification",
+            "    dataset:",
+            f"      name: {q(settings.dataset)}",
+            f"      type: {q(settings.dataset)}",
+            *([f"      config: {q(settings.dataset_config)}"] if settings.dataset_config else []),
+            f"      split: {q(split)}",
+            "    metrics:",
+        ]
+        for name in _SHOWN_METRICS[document["problem_type"]]:
+            value = document[split].get(name)
+            if isinstance(value, float) and name != "loss":
+                lines += [
+                    f"    - type: {name}",
+                    f"      value: {value:.6g}",
+                    f"      name: {q(name + ' (' + split + ')')}",
+                ]
+    return lines
 
 
 def _hub_id(value: str, variable: str, what: str) -> bool:
@@ -112,6 +143,16 @@ def _task(problem: str, labels: list[str]) -> str:
     if problem == MULTI:
         return f"multi-label classification over {len(labels)} labels"
     return f"{len(labels)}-way text classification ({', '.join(labels[:6])}{', ...' if len(labels) > 6 else ''})"
+
+
+def _local_ref(model_ref: str) -> str:
+    return "./model" if model_ref.startswith("s3://") else model_ref
+
+
+def _download_hint(model_ref: str) -> list[str]:
+    if not model_ref.startswith("s3://"):
+        return []
+    return [f"# first: aws s3 cp --recursive {model_ref} ./model", ""]
 
 
 def _pipeline_kwargs(problem: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import datasets
 from datasets import Dataset, DatasetDict
 
+from job import storage
 from job.errors import ConfigError, DataError
 from job.locations import Location, classify, data_format_of
 from job.logs import get_logger
@@ -67,7 +68,7 @@ def _load(location: Location, settings: Settings) -> DatasetDict:
     cache = str(settings.cache_dir / "datasets")
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     if location.kind == "s3":
-        raise ConfigError(f"FT_DATASET='{location}': s3:// datasets are not supported yet; copy the files locally")
+        location = Location("local", str(storage.fetch(location, settings, variable="FT_DATASET", data_only=True)))
     try:
         if location.kind == "hub":
             if settings.data_files:

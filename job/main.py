@@ -43,10 +43,10 @@ def main(settings: Settings) -> dict[str, Any]:
     """Run the job; returns the summary it logs. Raises JobError subclasses on failure."""
     timings = _Timings()
     output = open_output(settings)
+    output.check_writable()  # before hours of training, not after
     if output.is_complete():
         log.info("run.already_complete", location=output.location, effect="nothing to do")
         return {"status": "already_complete", "location": output.location}
-    output.check_writable()
     work = settings.run_work_dir()
     staging, checkpoints = work / "model", work / "checkpoints"
     shutil.rmtree(staging, ignore_errors=True)  # a previous attempt's partial files
@@ -87,14 +87,16 @@ def main(settings: Settings) -> dict[str, Any]:
     write_json(staging / artifacts.RUN_MANIFEST, manifest)
     (staging / "README.md").write_text(card.render(settings, document, manifest, model_ref=output.model_ref))
 
+    headline = document["headline"]
+    message = f"{headline['metric']}={headline['value']:.4f} on validation" if headline["value"] is not None else ""
     with timings.phase("publish"):
-        location = output.publish(staging)
+        location = output.publish(staging, message=message)
     shutil.rmtree(work, ignore_errors=True)  # checkpoints are superseded by the published model
 
     summary = {
         "status": "completed",
         "location": location,
-        "metrics": f"{location}/{artifacts.METRICS}",
+        "metrics": f"{location.rstrip('/')}/{artifacts.METRICS}",
         "headline_metric": document["headline"]["metric"],
         "headline_value": document["headline"]["value"],
         "wall_s": round(time.time() - timings.started, 1),

@@ -14,6 +14,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from job import storage
 from job.errors import ConfigError
 from job.labels import LabelSpec
 from job.locations import Location, classify
@@ -28,9 +29,10 @@ _NO_LIMIT = 100_000  # tokenizers without a limit report a huge sentinel
 
 
 def model_location(settings: Settings) -> Location:
+    """Hub id or local folder; an s3:// folder is mirrored into the cache first."""
     location = classify(settings.model, "FT_MODEL", what="model")
     if location.kind == "s3":
-        raise ConfigError(f"FT_MODEL='{settings.model}': s3:// models are not supported yet; copy the folder locally")
+        return Location("local", str(storage.fetch(location, settings, variable="FT_MODEL", data_only=False)))
     return location
 
 

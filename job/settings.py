@@ -103,8 +103,9 @@ class Settings(BaseSettings):
     )
     output: str = _field(
         "run",
-        "Where finished runs land: a local directory. The run is assembled elsewhere and "
-        "moved here only once it is complete and verified.",
+        "Where finished runs land: a local directory or `s3://bucket/prefix` (the run goes "
+        "to `<FT_OUTPUT>/<run id>/`), or a Hub model repo `hf://org/name` (one commit per "
+        "run). Nothing is published until the saved model passes its reload check.",
         default="./outputs",
         min_length=1,
     )
@@ -287,6 +288,47 @@ class Settings(BaseSettings):
     )
     dataloader_workers: OptionalInt = _field(
         "training", "Data-loading worker processes. Default: 2 on GPU, 0 on CPU.", default=None, ge=0, le=64
+    )
+
+    # --- storage ----------------------------------------------------------------------
+    s3_endpoint_url: OptionalStr = _field(
+        "storage",
+        "Endpoint of an S3-compatible store (MinIO, Ceph, R2, ...). Default: the standard "
+        "`AWS_ENDPOINT_URL`, else AWS. Credentials come only from the standard AWS chain "
+        "(environment, profile, web identity/IRSA, instance role), never from FT_ settings.",
+        default=None,
+        pattern=r"^https?://\S+$",
+        allowed="an http:// or https:// URL",
+    )
+    s3_region: OptionalStr = _field(
+        "storage", "S3 region. Default: `AWS_REGION` / `AWS_DEFAULT_REGION` / the profile's.", default=None
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = _field(
+        "storage", "Bucket addressing; many S3-compatible stores need `path`.", default="auto"
+    )
+    s3_max_concurrency: int = _field(
+        "storage", "Parallel transfers (files and multipart parts) to and from S3.", default=10, ge=1, le=64
+    )
+    s3_multipart_chunk_mb: int = _field(
+        "storage",
+        "Objects above this size (MiB) move in parts of this size; S3 needs at least 5.",
+        default=64,
+        ge=5,
+        le=5120,
+    )
+    s3_max_attempts: int = _field(
+        "storage",
+        "Attempts per S3 request on throttling, 5xx errors, dropped connections and timeouts, "
+        "with exponential backoff.",
+        default=10,
+        ge=1,
+        le=50,
+    )
+    hub_private: bool = _field(
+        "storage", "Create the Hub repository as private when `FT_OUTPUT` is `hf://org/name`.", default=True
+    )
+    hub_revision: OptionalStr = _field(
+        "storage", "Hub branch to publish to (created from `main` if missing). Default: `main`.", default=None
     )
 
     # --- verification -----------------------------------------------------------------

@@ -49,6 +49,27 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def wide_model(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """The tiny model with a 30k-row embedding table: weights of ~8 MiB, enough for
+    multipart uploads with 5 MiB parts."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("wide-bert")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model / name, folder / name)
+    config = BertConfig(
+        vocab_size=30000, hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
 def sentence(rng: random.Random, *keywords: str, length: tuple[int, int] = (4, 14)) -> str:
     words = [rng.choice(FILLER) for _ in range(rng.randint(*length))]
     for word in keywords:
@@ -117,8 +138,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
     import os
 
     for name in list(os.environ):
-        if name.startswith("FT_") or name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        if name.startswith(("FT_", "AWS_")) or name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
             monkeypatch.delenv(name)
+    # No host AWS config or instance metadata: only what a test sets is in the chain.
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
     return monkeypatch
@@ -145,3 +170,39 @@ def make_settings(clean_env: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Pat
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Any:
+    """moto's S3 server on 127.0.0.1: real HTTP, real multipart, no patching of boto3."""
+    from moto.server import ThreadedMotoServer
+    from s3_helpers import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(clean_env: pytest.MonkeyPatch, s3_endpoint: str) -> Any:
+    """A boto3 client for the test server; the job finds it through the standard variables."""
+    from s3_helpers import ACCESS_KEY, SECRET_KEY, s3_client
+
+    clean_env.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    clean_env.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    clean_env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    clean_env.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    return s3_client(s3_endpoint)
+
+
+@pytest.fixture
+def bucket(s3: Any, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket per test."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    s3.create_bucket(Bucket=name)
+    return name

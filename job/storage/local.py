@@ -1,41 +1,14 @@
-"""Where finished runs go. The one place that writes outside the run's scratch space.
-
-A run is assembled in a local staging folder, verified, then published here;
-the completion manifest is written last, so a folder without one is incomplete.
-"""
+"""Publishing to a local (or mounted: NFS, PVC) directory."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
 
-from job.errors import ConfigError, StorageError
+from job.errors import StorageError
 from job.files import file_listing, write_json
-from job.settings import Settings
-
-COMPLETE = "_COMPLETE.json"
-
-
-class Output(Protocol):
-    location: str  # where the finished run lives, for people
-    model_ref: str  # what to pass to from_pretrained / pipeline
-
-    def is_complete(self) -> bool: ...
-    def check_writable(self) -> None: ...
-    def publish(self, staging: Path) -> str: ...
-
-
-def open_output(settings: Settings) -> Output:
-    scheme, sep, _ = settings.output.partition("://")
-    if sep and scheme.lower() != "file":
-        raise ConfigError(
-            f"FT_OUTPUT='{settings.output}': {scheme}:// outputs are not supported yet; use a local directory"
-        )
-    root = Path(settings.output.removeprefix("file://")).expanduser()
-    return LocalOutput(root, settings.run_id)
+from job.storage.base import COMPLETE, completion_manifest
 
 
 class LocalOutput:
@@ -58,7 +31,7 @@ class LocalOutput:
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise StorageError(f"FT_OUTPUT='{self.root}' is not writable by this user; choose a writable directory")
 
-    def publish(self, staging: Path) -> str:
+    def publish(self, staging: Path, *, message: str) -> str:
         files = file_listing(staging)
         self.check_writable()
         if self.final.exists():  # left by an interrupted publish of this run id
@@ -69,7 +42,7 @@ class LocalOutput:
             shutil.copytree(staging, self.final)
             shutil.rmtree(staging)
         _make_readable(self.final)
-        write_json(self.final / COMPLETE, completion_manifest(files))
+        write_json(self.final / COMPLETE, completion_manifest(files, message=message))
         return self.location
 
 
@@ -80,12 +53,3 @@ def _make_readable(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
             path.chmod(0o666 & ~umask)
-
-
-def completion_manifest(files: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "completed_at": datetime.now(UTC).isoformat(),
-        "file_count": len(files),
-        "total_bytes": sum(f["size"] for f in files),
-        "files": files,
-    }

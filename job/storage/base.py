@@ -1,0 +1,33 @@
+"""What every output backend provides, and the completion manifest they all write."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+COMPLETE = "_COMPLETE.json"
+
+
+class Output(Protocol):
+    location: str  # where the finished run lives, for people and logs
+    model_ref: str  # what to pass to from_pretrained / pipeline
+
+    def check_writable(self) -> None:
+        """Fail now, before training, if publishing would fail later."""
+
+    def is_complete(self) -> bool:
+        """This run id was already published in full."""
+
+    def publish(self, staging: Path, *, message: str) -> str:
+        """Upload the verified folder; returns the final location."""
+
+
+def completion_manifest(files: list[dict[str, Any]], *, message: str) -> dict[str, Any]:
+    return {
+        "completed_at": datetime.now(UTC).isoformat(),
+        "message": message,
+        "file_count": len(files),
+        "total_bytes": sum(f["size"] for f in files),
+        "files": files,
+    }

@@ -1,0 +1,108 @@
+"""Publishing to a Hugging Face Hub model repository: one commit per run.
+
+The commit message names the run id and the headline metric; finding a commit
+with this run id's marker means the run was already published. The endpoint is
+the standard HF_ENDPOINT (default huggingface.co), the token HF_TOKEN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from job.errors import ConfigError, StorageError
+from job.files import file_listing, write_json
+from job.locations import classify
+from job.logs import get_logger
+from job.settings import Settings
+from job.storage.base import COMPLETE, completion_manifest
+
+log = get_logger("job.storage.hub")
+
+
+def commit_marker(run_id: str) -> str:
+    return f"ftjob run {run_id}:"
+
+
+class HubOutput:
+    def __init__(self, uri: str, settings: Settings) -> None:
+        location = classify(uri, "FT_OUTPUT", what="model")
+        if location.kind != "hub" or "/" not in location.ref:
+            raise ConfigError(f"FT_OUTPUT='{uri}' is not a Hub model repo; use hf://org/name")
+        self.repo_id = location.ref
+        self.revision = settings.hub_revision
+        self.private = settings.hub_private
+        self.run_id = settings.run_id
+        self.token = settings.hf_token.get_secret_value() if settings.hf_token else None
+        self.endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        self.location = f"hf://{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
+        self.model_ref = self.repo_id
+        self._api: Any = None
+
+    @property
+    def api(self) -> Any:
+        if self._api is None:
+            from huggingface_hub import HfApi
+
+            self._api = HfApi(endpoint=self.endpoint, token=self.token)
+        return self._api
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            yield
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            detail = (exc.server_message or str(exc)).strip().splitlines()[0][:200]
+            if status == 401:
+                raise StorageError(
+                    f"FT_OUTPUT={self.location}: HF_TOKEN was rejected by {self.endpoint} ({detail}); "
+                    "create a token with write access"
+                ) from None
+            if status == 403:
+                raise StorageError(
+                    f"FT_OUTPUT={self.location}: HF_TOKEN may not write to {self.repo_id} ({detail}); use a token "
+                    f"with write access to '{self.repo_id.split('/')[0]}'"
+                ) from None
+            raise StorageError(f"FT_OUTPUT={self.location}: the Hub answered {status}: {detail}") from None
+        except OSError as exc:  # connection refused, DNS, TLS
+            raise StorageError(
+                f"FT_OUTPUT={self.location}: cannot reach {self.endpoint} ({exc}); check HF_ENDPOINT and the network"
+            ) from None
+
+    def check_writable(self) -> None:
+        if not self.token:
+            raise StorageError(
+                f"FT_OUTPUT={self.location}: publishing to the Hub needs a token; set HF_TOKEN to a token with "
+                "write access"
+            )
+        with self._translated():
+            self.api.whoami()
+            self.api.create_repo(self.repo_id, private=self.private, exist_ok=True, repo_type="model")
+            if self.revision:
+                self.api.create_branch(self.repo_id, branch=self.revision, exist_ok=True)
+
+    def is_complete(self) -> bool:
+        with self._translated():
+            commits = self.api.list_repo_commits(self.repo_id, revision=self.revision or "main")
+        return any(c.title.startswith(commit_marker(self.run_id)) for c in commits)
+
+    def publish(self, staging: Path, *, message: str) -> str:
+        files = file_listing(staging)
+        # The commit is atomic, but the listing still lets a reader check every byte.
+        write_json(staging / COMPLETE, completion_manifest(files, message=message))
+        with self._translated():
+            info = self.api.upload_folder(
+                repo_id=self.repo_id,
+                folder_path=str(staging),
+                revision=self.revision,
+                commit_message=f"{commit_marker(self.run_id)} {message}",
+                commit_description=f"Published by ftjob. Files: {len(files)}; see {COMPLETE} for sizes and sha256.",
+            )
+        log.info("hub.published", location=self.location, commit=getattr(info, "oid", None), files=len(files) + 1)
+        return self.location

@@ -1,0 +1,206 @@
+"""A small local stand-in for the Hugging Face Hub API, enough for huggingface_hub's
+whoami, create_repo, create_branch, upload_folder and list_repo_commits to really run.
+
+Repos live in memory. Tokens: `hf_writer` may write to the `acme` namespace and its
+own user; `hf_reader` is valid but read-only; anything else is unauthorized.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+TOKENS = {
+    "hf_writer": {"name": "writer", "orgs": ["acme"], "role": "write"},
+    "hf_reader": {"name": "reader", "orgs": ["acme"], "role": "read"},
+}
+
+
+@dataclass
+class Repo:
+    private: bool
+    branches: dict[str, dict[str, bytes]] = field(default_factory=lambda: {"main": {}})
+    commits: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"main": []})
+
+
+@dataclass
+class HubState:
+    repos: dict[str, Repo] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: HubState
+    lock: threading.Lock
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    # --- helpers --------------------------------------------------------------------
+    def _user(self) -> dict[str, Any] | None:
+        header = self.headers.get("Authorization", "")
+        return TOKENS.get(header.removeprefix("Bearer ").strip())
+
+    def _send(self, status: int, payload: Any = None, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(payload if payload is not None else {}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, message: str) -> None:
+        self._send(status, {"error": message}, {"X-Error-Message": message})
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _can_write(self, repo_id: str) -> bool:
+        user = self._user()
+        if user is None or user["role"] != "write":
+            return False
+        namespace = repo_id.split("/", maxsplit=1)[0]
+        return namespace == user["name"] or namespace in user["orgs"]
+
+    # --- routes ---------------------------------------------------------------------
+    def do_GET(self) -> None:
+        path = unquote(urlparse(self.path).path)
+        self.state.requests.append(f"GET {path}")
+        if path == "/api/whoami-v2":
+            user = self._user()
+            if user is None:
+                return self._error(401, "Invalid credentials in Authorization header")
+            return self._send(
+                200,
+                {
+                    "type": "user",
+                    "name": user["name"],
+                    "orgs": [{"name": o} for o in user["orgs"]],
+                    "auth": {"type": "access_token", "accessToken": {"displayName": "t", "role": user["role"]}},
+                },
+            )
+        parts = path.strip("/").split("/")
+        # /api/models/{ns}/{name}/commits/{rev}
+        if len(parts) >= 6 and parts[:2] == ["api", "models"] and parts[4] == "commits":
+            repo = self.state.repos.get(f"{parts[2]}/{parts[3]}")
+            if repo is None:
+                return self._error(404, "Repository not found")
+            revision = "/".join(parts[5:])
+            if revision not in repo.commits:
+                return self._error(404, "Revision not found")
+            return self._send(200, list(reversed(repo.commits[revision])))
+        self.state.unknown.append(f"GET {self.path}")
+        return self._error(404, f"stand-in: no route for GET {path}")
+
+    def do_POST(self) -> None:
+        path = unquote(urlparse(self.path).path)
+        self.state.requests.append(f"POST {path}")
+        body = self._body()
+        if path == "/api/repos/create":
+            data = json.loads(body)
+            repo_id = f"{data.get('organization') or (self._user() or {}).get('name')}/{data['name']}"
+            if self._user() is None:
+                return self._error(401, "Invalid credentials")
+            if not self._can_write(repo_id):
+                return self._error(403, "You don't have the rights to create a model under this namespace")
+            with self.lock:
+                if repo_id in self.state.repos:
+                    message = "You already created this model repo"
+                    url = f"http://{self.headers['Host']}/{repo_id}"
+                    return self._send(409, {"error": message, "url": url}, {"X-Error-Message": message})
+                private = data.get("visibility") == "private" or bool(data.get("private"))
+                self.state.repos[repo_id] = Repo(private=private)
+            return self._send(200, {"url": f"http://{self.headers['Host']}/{repo_id}", "name": repo_id})
+        if path == "/api/validate-yaml":
+            return self._send(200, {})
+        parts = path.strip("/").split("/")
+        if len(parts) < 6 or parts[:2] != ["api", "models"]:
+            self.state.unknown.append(f"POST {self.path}")
+            return self._error(404, f"stand-in: no route for POST {path}")
+        repo_id, action, revision = f"{parts[2]}/{parts[3]}", parts[4], "/".join(parts[5:])
+        repo = self.state.repos.get(repo_id)
+        if repo is None:
+            return self._error(404, "Repository not found")
+        if not self._can_write(repo_id):
+            return self._error(403, "You don't have write access to this repo")
+        if action == "preupload":
+            files = json.loads(body)["files"]
+            return self._send(
+                200,
+                {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+            )
+        if action == "branch":
+            with self.lock:
+                repo.branches.setdefault(revision, dict(repo.branches["main"]))
+                repo.commits.setdefault(revision, list(repo.commits["main"]))
+            return self._send(200, {})
+        if action == "commit":
+            return self._commit(repo, repo_id, revision, body)
+        self.state.unknown.append(f"POST {self.path}")
+        return self._error(404, f"stand-in: no route for POST {path}")
+
+    def _commit(self, repo: Repo, repo_id: str, revision: str, body: bytes) -> None:
+        if revision not in repo.branches:
+            return self._error(404, f"Revision {revision} not found")
+        header: dict[str, Any] = {}
+        files: dict[str, bytes] = {}
+        deleted: list[str] = []
+        for line in body.decode().splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if item["key"] == "header":
+                header = item["value"]
+            elif item["key"] == "file":
+                value = item["value"]
+                files[value["path"]] = base64.b64decode(value["content"])
+            elif item["key"] in ("deletedFile", "deletedFolder"):
+                deleted.append(item["value"]["path"])
+            else:
+                return self._error(400, f"stand-in: unsupported commit operation {item['key']}")
+        oid = hashlib.sha1(body).hexdigest()
+        with self.lock:
+            tree = repo.branches[revision]
+            for name in deleted:
+                tree.pop(name, None)
+            tree.update(files)
+            repo.commits[revision].append(
+                {
+                    "id": oid,
+                    "title": header.get("summary", ""),
+                    "message": header.get("description", ""),
+                    "authors": [{"user": (self._user() or {}).get("name")}],
+                    "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                }
+            )
+        return self._send(200, {"commitUrl": f"http://{self.headers['Host']}/{repo_id}/commit/{oid}", "commitOid": oid})
+
+
+class HubStandIn:
+    """Runs the stand-in on 127.0.0.1 in a background thread."""
+
+    def __init__(self) -> None:
+        self.state = HubState()
+        handler = type("Handler", (_Handler,), {"state": self.state, "lock": threading.Lock()})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> HubStandIn:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

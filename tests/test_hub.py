@@ -1,0 +1,117 @@
+"""Publishing to the Hub, against a local stand-in of the Hub API (tests/hub_standin.py):
+huggingface_hub's real create_repo and upload_folder run over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import rows, write
+from hub_standin import HubStandIn
+from s3_helpers import sha256
+
+from job.errors import StorageError
+from job.main import main
+from job.storage import COMPLETE
+
+
+@pytest.fixture
+def hub(clean_env: pytest.MonkeyPatch) -> Iterator[HubStandIn]:
+    import huggingface_hub.constants
+
+    with HubStandIn() as server:
+        clean_env.setenv("HF_ENDPOINT", server.url)
+        # The suite runs with HF_HUB_OFFLINE=1 (no real Hub); the stand-in is local.
+        clean_env.delenv("HF_HUB_OFFLINE")
+        clean_env.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        yield server
+
+
+def data(tmp_path: Path) -> str:
+    folder = tmp_path / "d"
+    write(folder / "train.csv", rows("binary", 120))
+    write(folder / "test.csv", rows("binary", 20, 1))
+    return str(folder)
+
+
+def test_publish_creates_a_private_repo_with_one_commit(make_settings, hub: HubStandIn, tmp_path: Path) -> None:
+    settings = make_settings(dataset=data(tmp_path), output="hf://acme/sentiment", hf_token="hf_writer")
+    summary = main(settings)
+    assert summary["location"] == "hf://acme/sentiment"
+    repo = hub.state.repos["acme/sentiment"]
+    assert repo.private
+    (commit,) = repo.commits["main"]
+    assert commit["title"].startswith("ftjob run test-run: f1_macro=") and "on validation" in commit["title"]
+
+    files = repo.branches["main"]
+    listing = json.loads(files[COMPLETE])["files"]
+    assert {f["path"] for f in listing} == set(files) - {COMPLETE}
+    for entry in listing:  # byte for byte what the job wrote and verified
+        assert sha256(files[entry["path"]]) == entry["sha256"] and len(files[entry["path"]]) == entry["size"]
+
+    card = files["README.md"].decode()
+    front = yaml.safe_load(card.split("---")[1])
+    result = front["model-index"][0]["results"][0]
+    assert result["task"]["type"] == "text-classification" and result["dataset"]["split"] == "validation"
+    metrics = {m["type"]: m["value"] for m in result["metrics"]}
+    assert metrics["f1_macro"] == pytest.approx(json.loads(files["metrics.json"])["validation"]["f1_macro"], rel=1e-5)
+    assert 'pipeline("text-classification", model="acme/sentiment")' in card
+    assert not hub.state.unknown
+
+
+def test_branch_and_public_repo(make_settings, hub: HubStandIn, tmp_path: Path) -> None:
+    settings = make_settings(
+        dataset=data(tmp_path), output="hf://acme/public-model", hf_token="hf_writer", hub_private=False,
+        hub_revision="candidate", epochs=1,
+    )  # fmt: skip
+    assert main(settings)["location"] == "hf://acme/public-model@candidate"
+    repo = hub.state.repos["acme/public-model"]
+    assert not repo.private
+    assert "model.safetensors" in repo.branches["candidate"] and not repo.branches["main"]
+
+
+def test_rerun_of_a_published_run_id_does_nothing(make_settings, hub: HubStandIn, tmp_path: Path) -> None:
+    settings = make_settings(dataset=data(tmp_path), output="hf://acme/again", hf_token="hf_writer", epochs=1)
+    main(settings)
+    assert main(settings)["status"] == "already_complete"
+    assert len(hub.state.repos["acme/again"].commits["main"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("token", "expected"),
+    [
+        (None, "FT_OUTPUT=hf://acme/m: publishing to the Hub needs a token; set HF_TOKEN to a token with write access"),
+        ("hf_unknown", "FT_OUTPUT=hf://acme/m: HF_TOKEN was rejected by"),
+        ("hf_reader", "FT_OUTPUT=hf://acme/m: HF_TOKEN may not write to acme/m"),
+    ],
+)
+def test_token_problems_stop_before_training(make_settings, hub, tmp_path: Path, token, expected) -> None:
+    settings = make_settings(dataset=data(tmp_path), output="hf://acme/m", hf_token=token)
+    with pytest.raises(StorageError) as caught:
+        main(settings)
+    assert caught.value.message.startswith(expected) and "\n" not in caught.value.message
+    assert token is None or token not in caught.value.message
+    assert not (settings.run_work_dir() / "checkpoints").exists()
+
+
+def test_cli_publish_never_logs_the_token(hub: HubStandIn, tmp_path: Path, tiny_model: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FT_", "AWS_")) and k != "HF_TOKEN"}
+    env.update(
+        HF_ENDPOINT=hub.url, HF_TOKEN="hf_writer", HF_HUB_OFFLINE="0", FT_MODEL=str(tiny_model),
+        FT_DATASET=data(tmp_path), FT_OUTPUT="hf://acme/cli", FT_CACHE_DIR=str(tmp_path / "cache"),
+        FT_EPOCHS="1", FT_LOG_FORMAT="json", FT_RUN_ID="cli-hub", FT_LOG_LEVEL="debug",
+    )  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "job"], env=env, cwd=tmp_path, capture_output=True, text=True, check=False, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "hf_writer" not in result.stdout + result.stderr
+    published = hub.state.repos["acme/cli"].branches["main"]
+    assert "hf_writer" not in b"".join(published.values()).decode("utf-8", "replace")
+    assert json.loads(result.stdout.splitlines()[-1])["location"] == "hf://acme/cli"
