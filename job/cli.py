@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from job.config import load_settings
+from job.config import load_settings, secret_values
 from job.errors import ConfigError, ExitCode, JobError
 from job.logs import configure_logging, get_logger, route_library_logs
-from job.settings import Settings, redacted
-
-# Values of these variables are masked wherever they would be logged.
-SECRET_VARIABLES = ("HF_TOKEN", "FT_HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+from job.settings import redacted
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,14 +32,17 @@ def parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     log = get_logger("job")
-    configure_logging(secrets=_secrets(None))  # until the settings say otherwise
+    configure_logging(secrets=secret_values(None))  # until the settings say otherwise
     try:
         settings, warnings = load_settings(args.env_file)
     except ConfigError as exc:
         log.error(exc.event, error=exc.message, exit_code=int(exc.exit_code))
         return int(exc.exit_code)
     configure_logging(
-        log_format=settings.log_format, level=settings.log_level, run_id=settings.run_id, secrets=_secrets(settings)
+        log_format=settings.log_format,
+        level=settings.log_level,
+        run_id=settings.run_id,
+        secrets=secret_values(settings),
     )
     for warning in warnings:
         log.warning("config.unknown_variable", detail=warning)
@@ -66,10 +65,3 @@ def run(argv: Sequence[str] | None = None) -> int:
         log.exception("run.crashed", exit_code=int(ExitCode.INTERNAL))
         return int(ExitCode.INTERNAL)
     return int(ExitCode.OK)
-
-
-def _secrets(settings: Settings | None) -> list[str]:
-    values = [os.environ.get(name, "") for name in SECRET_VARIABLES]
-    if settings is not None and settings.hf_token is not None:
-        values.append(settings.hf_token.get_secret_value())
-    return [v for v in values if len(v) >= 6]

@@ -14,6 +14,16 @@ from pydantic import SecretStr, ValidationError
 from job.errors import ConfigError
 from job.settings import Settings, env_name, unknown_prefixed_variables
 
+# Values of these variables are masked wherever they would be logged.
+SECRET_VARIABLES = ("HF_TOKEN", "FT_HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def secret_values(settings: Settings | None) -> list[str]:
+    values = [os.environ.get(name, "") for name in SECRET_VARIABLES]
+    if settings is not None and settings.hf_token is not None:
+        values.append(settings.hf_token.get_secret_value())
+    return [v for v in values if len(v) >= 6]
+
 
 def load_settings(env_file: Path | None = None) -> tuple[Settings, list[str]]:
     """Validated settings plus warnings about `FT_*` variables that match no setting.

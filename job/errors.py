@@ -57,3 +57,13 @@ class VerificationError(JobError):
 class StorageError(JobError):
     exit_code = ExitCode.STORAGE
     event = "storage.failed"
+
+
+def error_for_code(code: int, message: str) -> JobError:
+    """Rebuild the error a training worker reported, so the launcher exits with its code."""
+    for cls in (ConfigError, DataError, TrainingError, VerificationError, StorageError):
+        if cls.exit_code == code:
+            return cls(message)
+    error = JobError(message)
+    error.exit_code = ExitCode.INTERNAL
+    return error

@@ -10,16 +10,19 @@ import contextlib
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from job import artifacts, card, modeling
+import structlog
+
+from job import artifacts, card, launch, modeling
+from job.errors import ConfigError
 from job.files import write_json
 from job.logs import get_logger
 from job.prepare import prepare
 from job.settings import Settings
 from job.storage import open_output
-from job.training import train_and_evaluate
+from job.topology import Topology, discover
 from job.verify import verify_saved_model
 
 log = get_logger("job")
@@ -40,27 +43,47 @@ class _Timings:
 
 
 def main(settings: Settings) -> dict[str, Any]:
-    """Run the job; returns the summary it logs. Raises JobError subclasses on failure."""
+    """Run the job; returns the summary it logs. Raises JobError subclasses on failure.
+
+    Runs once per node; training fans out to every GPU of every node, and only the
+    main node writes, verifies and publishes.
+    """
     timings = _Timings()
+    topology = discover(settings)
+    with structlog.contextvars.bound_contextvars(rank=topology.first_rank, node_rank=topology.node_rank):
+        log.info("launch.topology", **asdict(topology), world_size=topology.world_size)
+        return _run(settings, topology, timings)
+
+
+def _run(settings: Settings, topology: Topology, timings: _Timings) -> dict[str, Any]:
+    if topology.nnodes > 1 and "run_id" not in settings.model_fields_set:
+        raise ConfigError("a multi-node run needs FT_RUN_ID, set to the same value on every node")
+
     output = open_output(settings)
-    output.check_writable()  # before hours of training, not after
+    if topology.is_main_node:
+        output.check_writable()  # before hours of training, not after
     if output.is_complete():
         log.info("run.already_complete", location=output.location, effect="nothing to do")
         return {"status": "already_complete", "location": output.location}
     work = settings.run_work_dir()
-    staging, checkpoints = work / "model", work / "checkpoints"
-    shutil.rmtree(staging, ignore_errors=True)  # a previous attempt's partial files
-    staging.mkdir(parents=True)
+    staging = work / "model"
+    if topology.is_main_node:
+        shutil.rmtree(staging, ignore_errors=True)  # a previous attempt's partial files
+        staging.mkdir(parents=True)
     log.info("run.started", model=settings.model, dataset=settings.dataset, output=output.location, work_dir=str(work))
 
     with timings.phase("prepare"):
-        config = modeling.load_config(settings)
-        tokenizer = modeling.load_tokenizer(settings)
+        model_path = modeling.resolve_model(settings)
+        config = modeling.load_config(model_path, settings)
+        tokenizer = modeling.load_tokenizer(model_path, settings)
         modeling.check_tokenizer_matches(tokenizer, config)
         prepared = prepare(settings, tokenizer, modeling.max_length(settings, tokenizer, config))
 
     with timings.phase("train_and_evaluate"):
-        outcome = train_and_evaluate(settings, prepared, tokenizer, staging=staging, checkpoints=checkpoints)
+        outcome = launch.train(settings, prepared, model_path, topology, work)
+    if outcome is None:
+        log.info("node.finished", effect="the main node verifies and publishes")
+        return {"status": "node_finished", "node_rank": topology.node_rank}
 
     document = artifacts.metrics_document(outcome, prepared)
     write_json(staging / artifacts.METRICS, document)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 from transformers import (
@@ -17,7 +18,7 @@ from transformers import (
 from job import storage
 from job.errors import ConfigError
 from job.labels import LabelSpec
-from job.locations import Location, classify
+from job.locations import classify
 from job.settings import Settings
 
 # Architectures whose position ids start after the padding index, so two of
@@ -28,44 +29,60 @@ _OFFSET_POSITIONS = frozenset(
 _NO_LIMIT = 100_000  # tokenizers without a limit report a huge sentinel
 
 
-def model_location(settings: Settings) -> Location:
-    """Hub id or local folder; an s3:// folder is mirrored into the cache first."""
+# What a BERT-family checkpoint needs; other weight formats (.bin pickles, ONNX, TF)
+# are never downloaded.
+_MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
+
+
+def resolve_model(settings: Settings) -> Path:
+    """A local folder holding FT_MODEL: as is, mirrored from S3, or downloaded from the Hub.
+
+    Called once per node by the launcher; training workers get the folder and stay offline.
+    """
     location = classify(settings.model, "FT_MODEL", what="model")
     if location.kind == "s3":
-        return Location("local", str(storage.fetch(location, settings, variable="FT_MODEL", data_only=False)))
-    return location
+        return storage.fetch(location, settings, variable="FT_MODEL", data_only=False)
+    if location.kind == "local":
+        return location.path
+    from huggingface_hub import snapshot_download
 
-
-def _common(settings: Settings) -> dict[str, Any]:
-    return {
-        "revision": settings.model_revision,
-        "token": settings.hf_token.get_secret_value() if settings.hf_token else None,
-        "trust_remote_code": settings.trust_remote_code,
-        "cache_dir": str(settings.cache_dir / "hub"),
-    }
-
-
-def load_config(settings: Settings) -> PretrainedConfig:
-    location = model_location(settings)
+    patterns = [*_MODEL_FILES, "*.py"] if settings.trust_remote_code else _MODEL_FILES
     try:
-        return AutoConfig.from_pretrained(location.ref, **_common(settings))
+        return Path(
+            snapshot_download(
+                location.ref,
+                revision=settings.model_revision,
+                token=settings.hf_token.get_secret_value() if settings.hf_token else None,
+                cache_dir=str(settings.cache_dir / "hub"),
+                allow_patterns=patterns,
+            )
+        )
+    except Exception as exc:
+        raise ConfigError(_load_failure(settings, "files", exc)) from None
+
+
+def _options(settings: Settings) -> dict[str, Any]:
+    return {"trust_remote_code": settings.trust_remote_code}
+
+
+def load_config(path: Path, settings: Settings) -> PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(str(path), **_options(settings))
     except Exception as exc:
         raise ConfigError(_load_failure(settings, "config", exc)) from None
 
 
-def load_tokenizer(settings: Settings) -> PreTrainedTokenizerBase:
-    location = model_location(settings)
+def load_tokenizer(path: Path, settings: Settings) -> PreTrainedTokenizerBase:
     try:
-        return AutoTokenizer.from_pretrained(location.ref, **_common(settings))
+        return AutoTokenizer.from_pretrained(str(path), **_options(settings))
     except Exception as exc:
         raise ConfigError(_load_failure(settings, "tokenizer", exc)) from None
 
 
-def load_model(settings: Settings, labels: LabelSpec) -> PreTrainedModel:
-    location = model_location(settings)
+def load_model(path: Path, settings: Settings, labels: LabelSpec) -> PreTrainedModel:
     try:
         return AutoModelForSequenceClassification.from_pretrained(
-            location.ref,
+            str(path),
             num_labels=labels.num_labels,
             id2label=labels.id2label,
             label2id={v: k for k, v in labels.id2label.items()},
@@ -74,7 +91,7 @@ def load_model(settings: Settings, labels: LabelSpec) -> PreTrainedModel:
             # model retrained on a new label set) gets a fresh head instead of failing.
             ignore_mismatched_sizes=True,
             use_safetensors=True,
-            **_common(settings),
+            **_options(settings),
         )
     except Exception as exc:
         raise ConfigError(_load_failure(settings, "weights", exc)) from None

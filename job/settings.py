@@ -290,6 +290,48 @@ class Settings(BaseSettings):
         "training", "Data-loading worker processes. Default: 2 on GPU, 0 on CPU.", default=None, ge=0, le=64
     )
 
+    # --- distributed ------------------------------------------------------------------
+    procs_per_node: OptionalInt = _field(
+        "distributed",
+        "Training processes on this node. Default: one per visible GPU, or 1 without GPUs "
+        "(2+ on CPU trains over gloo: slow, for testing).",
+        default=None,
+        ge=1,
+        le=64,
+    )
+    num_nodes: OptionalInt = _field(
+        "distributed",
+        "Nodes in the run. Default: from the scheduler (SLURM, Kubeflow, torchrun variables); "
+        "required for a Kubernetes Indexed Job (its completions).",
+        default=None,
+        ge=1,
+        le=4096,
+    )
+    node_rank: OptionalInt = _field("distributed", "This node's rank. Default: from the scheduler.", default=None, ge=0)
+    master_addr: OptionalStr = _field(
+        "distributed", "Address of the rank-0 node for the rendezvous. Default: from the scheduler.", default=None
+    )
+    master_port: OptionalInt = _field(
+        "distributed",
+        "Rendezvous port on the rank-0 node. Default: 29500 (on SLURM, plus the job id mod 1000).",
+        default=None,
+        ge=1,
+        le=65535,
+    )
+    k8s_service: OptionalStr = _field(
+        "distributed",
+        "Headless Service of a multi-node Kubernetes Indexed Job; rank 0 is reached at `<job name>-0.<service>`.",
+        default=None,
+    )
+    ddp_timeout: int = _field(
+        "distributed",
+        "Seconds a process waits in a collective (or for peers to join) before the run fails, "
+        "instead of hanging when a peer died.",
+        default=600,
+        ge=30,
+        le=86400,
+    )
+
     # --- storage ----------------------------------------------------------------------
     s3_endpoint_url: OptionalStr = _field(
         "storage",
@@ -348,6 +390,8 @@ class Settings(BaseSettings):
             raise ValueError(f"FT_LABEL_COLUMN '{self.label_column}' is also used as a text column")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError(f"FT_LABELS lists a label twice: {','.join(self.labels)}")
+        if self.node_rank is not None and self.num_nodes is not None and self.node_rank >= self.num_nodes:
+            raise ValueError(f"FT_NODE_RANK={self.node_rank} must be below FT_NUM_NODES={self.num_nodes}")
         if self.metric_for_best_model is not None:
             known = CLASSIFICATION_METRICS + MULTI_LABEL_METRICS + REGRESSION_METRICS
             if self.metric_for_best_model not in known:
@@ -389,6 +433,28 @@ def redacted(settings: Settings) -> dict[str, Any]:
             value = str(value)
         out[env_name(name)] = value
     return out
+
+
+def as_environment(settings: Settings) -> dict[str, str]:
+    """The settings as the variables that would produce them, secrets left out: how the
+    launcher hands its exact configuration to training workers."""
+    env: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            continue
+        if value is None:
+            text = ""
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, list):
+            text = ",".join(value)
+        elif isinstance(value, dict):
+            text = ",".join(f"{k}={v}" for k, v in value.items())
+        else:
+            text = str(value)
+        env[env_name(name)] = text
+    return env
 
 
 def unknown_prefixed_variables(environ: dict[str, str]) -> list[tuple[str, str | None]]:

@@ -20,7 +20,6 @@ from torch.utils.data import SequentialSampler
 from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
-    PreTrainedTokenizerBase,
     PrinterCallback,
     Trainer,
     TrainerCallback,
@@ -31,9 +30,10 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from job import metrics
 from job.errors import ConfigError, TrainingError
+from job.files import write_json
 from job.labels import MULTI, REGRESSION, SINGLE, LabelSpec
 from job.logs import get_logger
-from job.modeling import load_model
+from job.modeling import load_model, load_tokenizer
 from job.prepare import PreparedData
 from job.settings import (
     CLASSIFICATION_METRICS,
@@ -94,15 +94,21 @@ def best_model_metric(settings: Settings, spec: LabelSpec) -> str:
 def train_and_evaluate(
     settings: Settings,
     prepared: PreparedData,
-    tokenizer: PreTrainedTokenizerBase,
+    model_path: Path,
     *,
     staging: Path,
     checkpoints: Path,
 ) -> TrainOutcome:
+    """Train, pick the best checkpoint, predict validation (and test), save the model.
+
+    Every rank runs this; the returned predictions cover all rows on every rank, and
+    only the main process writes to `staging`.
+    """
     precision = resolve_precision(settings.mixed_precision)
     metric = best_model_metric(settings, prepared.labels)
     set_seed(settings.seed)
-    model = load_model(settings, prepared.labels)
+    tokenizer = load_tokenizer(model_path, settings)
+    model = load_model(model_path, settings, prepared.labels)
     args = _arguments(settings, checkpoints, precision, metric)
     callbacks: list[TrainerCallback] = [ProgressLog(staging / TRAIN_LOG), NonFiniteLossGuard()]
     if settings.early_stopping_patience:
@@ -211,6 +217,8 @@ def _arguments(settings: Settings, checkpoints: Path, precision: str, metric: st
         dataloader_pin_memory=cuda,
         dataloader_persistent_workers=workers > 0,
         average_tokens_across_devices=False,  # else DDP logs the loss times the world size
+        ddp_timeout=settings.ddp_timeout,
+        ddp_find_unused_parameters=False,  # BERT-family classifiers use every parameter
     )
 
 
@@ -222,6 +230,7 @@ class _Trainer(Trainer):
         super().__init__(*args, **kwargs)
         self._lengths = lengths
         self.processed_tokens = 0
+        self.samples_seen = 0
         self.real_tokens: torch.Tensor | int = 0  # stays on the device until the end
         self.progress = next(c for c in self.callback_handler.callbacks if isinstance(c, ProgressLog))
 
@@ -240,6 +249,7 @@ class _Trainer(Trainer):
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         self.processed_tokens += int(inputs["input_ids"].numel())  # shape only: no sync
+        self.samples_seen += int(inputs["input_ids"].shape[0])
         self.real_tokens = self.real_tokens + inputs["attention_mask"].sum()  # async on GPU
         return super().training_step(model, inputs, num_items_in_batch)
 
@@ -306,13 +316,17 @@ def _predict(trainer: Trainer, dataset: Any, prefix: str) -> Prediction:
 
 def _throughput(trainer: _Trainer, train_metrics: dict[str, Any]) -> dict[str, Any]:
     runtime = float(train_metrics.get("train_runtime") or 0.0)
-    counts = torch.stack([torch.as_tensor(trainer.processed_tokens), torch.as_tensor(trainer.real_tokens).cpu()]).to(
-        trainer.args.device, torch.int64
-    )
-    if trainer.args.world_size > 1:
-        counts = trainer.accelerator.reduce(counts, reduction="sum")
-    processed, real = (int(v) for v in counts.tolist())
+    counts = torch.stack(
+        [
+            torch.as_tensor(trainer.processed_tokens),
+            torch.as_tensor(trainer.real_tokens).cpu(),
+            torch.as_tensor(trainer.samples_seen),
+        ]
+    ).to(trainer.args.device, torch.int64)
+    per_rank = trainer.accelerator.gather(counts.unsqueeze(0)).cpu()  # one collective, at the end
+    processed, real, _ = (int(v) for v in per_rank.sum(0).tolist())
     return {
+        "samples_per_rank": [int(v) for v in per_rank[:, 2].tolist()],
         "train_runtime_s": round(runtime, 2),
         "train_samples_per_second": train_metrics.get("train_samples_per_second"),
         "train_real_tokens_per_second": round(real / runtime, 1) if runtime else None,
@@ -326,3 +340,56 @@ def _device_name() -> str:
     if torch.cuda.is_available():
         return f"cuda ({torch.cuda.get_device_name(0)} x{torch.cuda.device_count()})"
     return "cpu"
+
+
+_OUTCOME, _ARRAYS = "outcome.json", "predictions.npz"
+
+
+def save_outcome(outcome: TrainOutcome, folder: Path) -> None:
+    """Rank 0 hands its results to the launcher through files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    for split, prediction in (("validation", outcome.validation), ("test", outcome.test)):
+        if prediction is None:
+            continue
+        arrays[f"{split}_logits"] = prediction.logits
+        arrays[f"{split}_index"] = np.asarray(prediction.index)
+        if prediction.labels is not None:
+            arrays[f"{split}_labels"] = prediction.labels
+    np.savez(folder / _ARRAYS, **arrays)
+    losses = {"validation": outcome.validation.loss, "test": outcome.test.loss if outcome.test else None}
+    write_json(
+        folder / _OUTCOME,
+        {
+            "best_metric": outcome.best_metric,
+            "best_value": outcome.best_value,
+            "stats": outcome.stats,
+            "losses": losses,
+        },
+    )
+
+
+def load_outcome(folder: Path) -> TrainOutcome:
+    meta = json.loads((folder / _OUTCOME).read_text())
+    with np.load(folder / _ARRAYS) as arrays:
+        found = dict(arrays)
+
+    def prediction(split: str) -> Prediction | None:
+        if f"{split}_logits" not in found:
+            return None
+        return Prediction(
+            logits=found[f"{split}_logits"],
+            labels=found.get(f"{split}_labels"),
+            index=[int(i) for i in found[f"{split}_index"]],
+            loss=meta["losses"][split],
+        )
+
+    validation = prediction("validation")
+    assert validation is not None
+    return TrainOutcome(
+        validation=validation,
+        test=prediction("test"),
+        best_metric=meta["best_metric"],
+        best_value=meta["best_value"],
+        stats=meta["stats"],
+    )

@@ -23,7 +23,7 @@ def saved(make_settings, tmp_path: Path, tiny_model: Path):
     settings = make_settings(dataset=str(write(tmp_path / "d" / "train.csv", rows("binary", 80))), verify_samples=8)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     prepared = prepare(settings, tokenizer, 64)
-    model = load_model(settings, prepared.labels).eval()
+    model = load_model(tiny_model, settings, prepared.labels).eval()
     folder = tmp_path / "saved"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

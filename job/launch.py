@@ -1,0 +1,99 @@
+"""Start training on every process of this node: in this process when the run has a
+single process, else through `accelerate launch` (one worker per GPU, world size =
+GPUs x nodes).
+
+Workers inherit the environment minus credentials and plus offline flags: the
+launcher already fetched the data and model, and only it may talk to remote
+storage. A failed worker fails the run with that worker's exit code and message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from job.config import SECRET_VARIABLES
+from job.errors import TrainingError, error_for_code
+from job.logs import get_logger
+from job.prepare import PreparedData
+from job.settings import ENV_PREFIX, Settings, as_environment
+from job.topology import Topology
+from job.training import TrainOutcome, load_outcome, resolve_precision, train_and_evaluate
+from job.worker import FAILURES
+
+log = get_logger("job.launch")
+
+# Workers never need these: they read only local files.
+_WITHHELD = (*SECRET_VARIABLES, "AWS_ACCESS_KEY_ID", "AWS_WEB_IDENTITY_TOKEN_FILE")
+
+
+def train(
+    settings: Settings,
+    prepared: PreparedData,
+    model_path: Path,
+    topology: Topology,
+    work: Path,
+) -> TrainOutcome | None:
+    """The outcome on the main node; None on the others."""
+    if topology.world_size == 1:
+        return train_and_evaluate(
+            settings, prepared, model_path, staging=work / "model", checkpoints=work / "checkpoints"
+        )
+    failures = work / FAILURES
+    for rank in range(topology.first_rank, topology.first_rank + topology.procs_per_node):
+        (failures / f"rank-{rank}.json").unlink(missing_ok=True)
+    outcome_dir = work / "outcome"
+    if topology.is_main_node:
+        shutil.rmtree(outcome_dir, ignore_errors=True)
+
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes", str(topology.world_size),
+        "--num_machines", str(topology.nnodes),
+        "--machine_rank", str(topology.node_rank),
+        "--main_process_ip", topology.master_addr,
+        "--main_process_port", str(topology.master_port),
+        "--mixed_precision", resolve_precision(settings.mixed_precision),
+        "--dynamo_backend", "no",
+        "--max_restarts", "0",
+        "-m", "job.worker",
+        "--prepared", str(prepared.path),
+        "--model", str(model_path),
+        "--work", str(work),
+    ]  # fmt: skip
+    log.info("launch.workers", processes=topology.procs_per_node, world_size=topology.world_size)
+    returncode = subprocess.run(command, env=_worker_environment(settings), check=False).returncode
+    if returncode != 0:
+        raise _worker_failure(failures, returncode)
+    return load_outcome(outcome_dir) if topology.is_main_node else None
+
+
+def _worker_environment(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _WITHHELD and not k.startswith(ENV_PREFIX)}
+    # The launcher's effective settings (generated run id included), whatever they came from.
+    env.update(as_environment(settings))
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    # A NCCL error aborts the process (and so the run) instead of leaving peers hanging.
+    env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    return env
+
+
+def _worker_failure(failures: Path, returncode: int) -> Exception:
+    reports = sorted((json.loads(p.read_text()) for p in failures.glob("rank-*.json")), key=lambda r: int(r["rank"]))
+    if not reports:
+        return TrainingError(
+            f"a training worker failed without reporting why (accelerate launch exited with {returncode}): "
+            "killed by a signal or out of host memory; see the worker logs above"
+        )
+    first = reports[0]
+    others = f" ({len(reports) - 1} more rank(s) failed too)" if len(reports) > 1 else ""
+    return error_for_code(int(first["exit_code"]), f"rank {first['rank']}: {first['error']}{others}")

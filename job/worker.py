@@ -1,0 +1,76 @@
+"""One training process of a distributed run, started by the launcher (job.launch):
+
+    accelerate launch ... -m job.worker --prepared DIR --model DIR --work DIR
+
+Settings come from FT_* variables the launcher sets to its own effective settings; the data is the
+launcher's prepared folder and the model a local folder, so workers never reach
+remote storage. Rank 0 hands the predictions back through files in --work; a
+failing rank writes its exit code and message there for the launcher to report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from job.config import load_settings, secret_values
+from job.errors import ExitCode, JobError
+from job.logs import configure_logging, get_logger, route_library_logs
+
+FAILURES = "failures"
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="job.worker")
+    parser.add_argument("--prepared", type=Path, required=True)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--work", type=Path, required=True)
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    log = get_logger("job.worker")
+    try:
+        settings, _ = load_settings()
+        configure_logging(
+            log_format=settings.log_format,
+            level=settings.log_level,
+            run_id=settings.run_id,
+            rank=rank,
+            secrets=secret_values(settings),
+        )
+        route_library_logs(settings.log_format)
+
+        from job.prepare import load_prepared
+        from job.training import save_outcome, train_and_evaluate
+
+        outcome = train_and_evaluate(
+            settings,
+            load_prepared(args.prepared),
+            args.model,
+            staging=args.work / "model",
+            checkpoints=args.work / "checkpoints",
+        )
+        if rank == 0:
+            save_outcome(outcome, args.work / "outcome")
+        return 0
+    except JobError as exc:
+        log.error(exc.event, error=exc.message, exit_code=int(exc.exit_code))
+        return _report(args.work, rank, int(exc.exit_code), exc.event, exc.message)
+    except Exception as exc:
+        log.exception("worker.crashed", exit_code=int(ExitCode.INTERNAL))
+        return _report(args.work, rank, int(ExitCode.INTERNAL), "worker.crashed", f"{type(exc).__name__}: {exc}")
+
+
+def _report(work: Path, rank: int, code: int, event: str, message: str) -> int:
+    folder = work / FAILURES
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank-{rank}.json").write_text(
+        json.dumps({"rank": rank, "exit_code": code, "event": event, "error": message})
+    )
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Fine-tune on N nodes x G GPUs with Slurm:
+#
+#     sbatch slurm/train.sh                       # settings from the EDIT block below
+#     FT_EPOCHS=1 sbatch slurm/train.sh           # any FT_* variable overrides it
+#     sbatch --nodes=4 slurm/train.sh             # sbatch options override the #SBATCH lines
+#
+# One task per node runs the job's launcher, which reads its rank from Slurm, fetches
+# and tokenizes the data once for its node, and starts one training process per GPU;
+# the first node of the allocation hosts the rendezvous, verifies and publishes.
+# Check the settings without using GPU time first:  FT_MAX_STEPS=2 sbatch --nodes=1 ...
+#
+#SBATCH --job-name=ftjob
+#SBATCH --nodes=2                 # EDIT: number of nodes
+#SBATCH --ntasks-per-node=1       # one launcher per node: keep at 1
+#SBATCH --gpus-per-node=8         # EDIT: GPUs per node (one training process each)
+#SBATCH --cpus-per-task=32        # EDIT: CPU cores per node for data loading
+#SBATCH --mem=0                   # all memory of each node
+#SBATCH --time=24:00:00           # EDIT: wall-clock limit
+#SBATCH --output=logs/%x-%j.out   # per-job log (JSON lines); the logs/ folder must exist
+#SBATCH --signal=B:TERM@120       # warn the job 120 s before the time limit or preemption
+#SBATCH --requeue                 # preempted jobs go back to the queue
+
+set -euo pipefail
+
+# --- EDIT: how the job is run ---------------------------------------------------------
+# A container image through pyxis/enroot (srun --container-image), or a virtualenv made
+# with `make install` on a filesystem every node sees.
+FTJOB_IMAGE="${FTJOB_IMAGE:-}"                       # e.g. registry.example.com/ftjob:0.1.0
+FTJOB_VENV="${FTJOB_VENV:-$HOME/ftjob/.venv}"
+
+# --- EDIT: the run --------------------------------------------------------------------
+export FT_MODEL="${FT_MODEL:-bert-base-uncased}"
+export FT_DATASET="${FT_DATASET:-imdb}"
+export FT_OUTPUT="${FT_OUTPUT:-$HOME/ftjob/outputs}"  # or s3://bucket/prefix, hf://org/name
+export FT_CACHE_DIR="${FT_CACHE_DIR:-/tmp/ftjob-cache-$USER}"  # node-local disk is fastest
+# Every node must use the same run id; a requeued job keeps its id and its checkpoints.
+export FT_RUN_ID="${FT_RUN_ID:-slurm-${SLURM_JOB_ID}}"
+# Secrets (HF_TOKEN, AWS credentials) come from the submitting environment or AWS_PROFILE.
+
+# --- below here nothing needs editing ---------------------------------------------------
+# The rendezvous host: the first node of the allocation. Each task's launcher reads its
+# own rank (SLURM_PROCID) inside srun, so nothing rank-specific is expanded here.
+FT_MASTER_ADDR="$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)"
+export FT_MASTER_ADDR
+export PYTHONUNBUFFERED=1
+
+echo "ftjob: run ${FT_RUN_ID} on ${SLURM_JOB_NUM_NODES:-1} node(s), rendezvous at ${FT_MASTER_ADDR}" >&2
+
+if [[ -n "${FTJOB_IMAGE}" ]]; then
+    launcher=(srun --kill-on-bad-exit=1 --wait=60 --container-image="${FTJOB_IMAGE}"
+              --container-mounts="${FT_CACHE_DIR}:${FT_CACHE_DIR}" --container-env=ALL ftjob)
+else
+    launcher=(srun --kill-on-bad-exit=1 --wait=60 "${FTJOB_VENV}/bin/python" -m job)
+fi
+
+# srun's exit status is the job's: 0 done, 2/3 fix the settings or data, see the README.
+exec "${launcher[@]}"

@@ -1,0 +1,126 @@
+"""Templates are code: schema-valid manifests, linted scripts and Dockerfile, and every
+variable they set is a real setting."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from job.errors import ExitCode
+from job.settings import ENV_PREFIX, Settings, env_name
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MANIFESTS = [ROOT / "k8s" / "job.yaml", ROOT / "k8s" / "multinode.yaml"]
+SCRIPTS = [ROOT / "slurm" / "train.sh", ROOT / "k8s" / "render.sh", ROOT / ".ci" / "run"]
+KNOWN = {env_name(name) for name in Settings.model_fields}
+
+
+def tool(name: str) -> str:
+    path = BIN / name if (BIN / name).exists() else shutil.which(name)
+    assert path, f"{name} is not installed (make install puts it in .venv)"
+    return str(path)
+
+
+def run(*command: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, check=False, cwd=ROOT, timeout=120)
+
+
+def documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
+def test_manifests_match_the_kubernetes_schema(manifest: Path) -> None:
+    result = run(tool("kubernetes-validate"), "--strict", str(manifest))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rendered_manifests_are_valid_and_renamed() -> None:
+    for manifest in MANIFESTS:
+        rendered = run(str(ROOT / "k8s" / "render.sh"), "retrain-20261123-1", "registry.example/ftjob:9", str(manifest))
+        assert rendered.returncode == 0, rendered.stderr
+        check = run(tool("kubernetes-validate"), "--strict", "-", stdin=rendered.stdout)
+        assert check.returncode == 0, check.stdout + check.stderr
+        docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+        job = next(d for d in docs if d["kind"] == "Job")
+        assert job["metadata"]["name"] == "retrain-20261123-1"
+        assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/ftjob:9"
+        assert "ftjob-train" not in rendered.stdout and "ftjob-multinode" not in rendered.stdout
+    bad = run(str(ROOT / "k8s" / "render.sh"), "Bad_Name", "img")
+    assert bad.returncode == 2 and "is not a valid Job name" in bad.stderr
+
+
+def test_jobs_fail_fast_on_the_documented_codes_and_run_hardened() -> None:
+    permanent = sorted(int(c) for c in (ExitCode.CONFIG, ExitCode.DATA, ExitCode.VERIFICATION))
+    for manifest in MANIFESTS:
+        job = next(d for d in documents(manifest) if d["kind"] == "Job")
+        spec = job["spec"]
+        rules = spec["podFailurePolicy"]["rules"]
+        assert rules[0] == {
+            "action": "FailJob",
+            "onExitCodes": {"containerName": "train", "operator": "In", "values": permanent},
+        }
+        assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
+        assert spec["activeDeadlineSeconds"] and spec["ttlSecondsAfterFinished"]
+        pod = spec["template"]["spec"]
+        assert pod["restartPolicy"] == "Never" and pod["securityContext"]["runAsNonRoot"]
+        container = pod["containers"][0]
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        assert container["resources"]["limits"]["nvidia.com/gpu"]
+        shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+        assert shm["emptyDir"]["medium"] == "Memory"
+        secrets = {e["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+        assert secrets == {"HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def manifest_variables() -> set[str]:
+    names: set[str] = set()
+    for manifest in MANIFESTS:
+        for doc in documents(manifest):
+            if doc["kind"] == "ConfigMap":
+                names |= set(doc["data"])
+            if doc["kind"] == "Job":
+                for container in doc["spec"]["template"]["spec"]["containers"]:
+                    names |= {e["name"] for e in container.get("env", [])}
+    return names
+
+
+def script_variables(path: Path) -> set[str]:
+    return set(re.findall(r"\b(FT_[A-Z0-9_]+)\b", path.read_text()))
+
+
+def test_every_ft_variable_in_the_templates_is_a_setting() -> None:
+    used = manifest_variables() | script_variables(ROOT / "slurm" / "train.sh")
+    used |= set(re.findall(r"\b(FT_[A-Z0-9_]+)=", (ROOT / "docker" / "Dockerfile").read_text()))
+    prefixed = {name for name in used if name.startswith(ENV_PREFIX)}
+    assert prefixed - KNOWN == set()
+    assert {"FT_RUN_ID", "FT_MODEL", "FT_DATASET", "FT_OUTPUT", "FT_NUM_NODES", "FT_K8S_SERVICE"} <= prefixed
+    assert "HF_TOKEN" in KNOWN  # the one unprefixed setting the manifests pass
+
+
+def test_dockerfile_is_hadolint_clean() -> None:
+    result = run(tool("hadolint"), "docker/Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ci_workflow_is_actionlint_clean() -> None:
+    result = run(tool("actionlint"), "k8s/ci/retrain.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_parse_and_pass_shellcheck(script: Path) -> None:
+    assert run("bash", "-n", str(script)).returncode == 0
+    result = run(tool("shellcheck"), str(script))
+    assert result.returncode == 0, result.stdout
