@@ -65,6 +65,7 @@ def image(podman, tmp_path_factory: pytest.TempPathFactory) -> str:
         capture_output=True, text=True, timeout=1200, check=False,
     )  # fmt: skip
     assert boot.returncode == 0, boot.stdout[-2000:] + boot.stderr[-2000:]
+    rootfs.chmod(0o755)  # pytest makes its folders 0700: "/" would shut out the non-root user
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     # Like a registry's base image, the stand-in declares PATH (a bare import has none).
     path = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -94,8 +95,9 @@ def test_image_runs_the_job_as_non_root_on_a_read_only_filesystem(
 ) -> None:
     model, data, cache, outputs = (tmp_path / n for n in ("model", "data", "cache", "outputs"))
     shutil.copytree(tiny_model, model)
+    model.chmod(0o755)  # pytest's folders are 0700; the container user is not root
     for path in model.iterdir():
-        path.chmod(0o644)  # safetensors writes 0600; the container user is not root
+        path.chmod(0o644)  # and safetensors writes 0600
     write(data / "train.jsonl", rows("binary", 120))
     for folder in (cache, outputs):
         folder.mkdir()
