@@ -84,6 +84,7 @@ def run_manifest(
     *,
     timings: dict[str, float],
     verification: dict[str, Any],
+    promotion: dict[str, Any],
     files: list[str],
 ) -> dict[str, Any]:
     """What ran, on what, with which data and code, how fast: enough to reproduce it."""
@@ -105,6 +106,7 @@ def run_manifest(
         "best_model": {"metric": outcome.best_metric, "value": outcome.best_value},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "verification": verification,
+        "promotion": promotion,
         "environment": environment(),
         "files": files,
     }

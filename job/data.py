@@ -37,6 +37,9 @@ class RawSplits:
     dropped: dict[str, int] = field(default_factory=dict)  # role -> rows dropped for empty text
 
 
+_MAX_EMPTY_SHARE = 0.5  # dropped with a count below this share of a split, an error above
+
+
 def load_splits(settings: Settings) -> RawSplits:
     """The train/eval/test splits as stored at the source, untouched."""
     location = classify(settings.dataset, "FT_DATASET", what="dataset")
@@ -51,7 +54,14 @@ def clean(raw: RawSplits, settings: Settings) -> RawSplits:
             continue
         # Test sets are often unlabelled; train and eval must have labels.
         _require_columns(dataset, raw.names[role], settings, label_required=role != "test")
+        total = len(dataset)
         dataset, dropped = _drop_empty_texts(_keep_used_columns(dataset, settings), settings)
+        if dataset and dropped > total * _MAX_EMPTY_SHARE:
+            # That many blanks means the wrong column or a broken export, not a few bad rows.
+            raise DataError(
+                f"{dropped} of {total} rows of split '{raw.names[role]}' have empty text in column "
+                f"'{settings.text_column}'; check FT_TEXT_COLUMN and the export, or remove those rows"
+            )
         if dropped:
             raw.dropped[role] = dropped
             log.warning("data.rows_dropped", split=raw.names[role], rows=dropped, reason="empty or missing text")

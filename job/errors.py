@@ -17,6 +17,8 @@ class ExitCode(IntEnum):
     TRAINING = 4
     VERIFICATION = 5
     STORAGE = 6
+    NOT_PROMOTED = 7
+    PREEMPTED = 75  # EX_TEMPFAIL: stopped on request with a checkpoint saved; run it again
     INTERRUPTED = 130
 
 
@@ -59,9 +61,23 @@ class StorageError(JobError):
     event = "storage.failed"
 
 
+class Preempted(JobError):
+    """SIGTERM (eviction, preemption, spot reclaim): progress is checkpointed, retry the run."""
+
+    exit_code = ExitCode.PREEMPTED
+    event = "run.preempted"
+
+
+class NotPromoted(JobError):
+    """The promotion gate kept the new model as a candidate: a result, not a failure."""
+
+    exit_code = ExitCode.NOT_PROMOTED
+    event = "run.not_promoted"
+
+
 def error_for_code(code: int, message: str) -> JobError:
     """Rebuild the error a training worker reported, so the launcher exits with its code."""
-    for cls in (ConfigError, DataError, TrainingError, VerificationError, StorageError):
+    for cls in (ConfigError, DataError, TrainingError, VerificationError, StorageError, Preempted):
         if cls.exit_code == code:
             return cls(message)
     error = JobError(message)

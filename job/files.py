@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,3 +30,15 @@ def file_listing(folder: Path) -> list[dict[str, Any]]:
         {"path": path.relative_to(folder).as_posix(), "size": path.stat().st_size, "sha256": sha256_of(path)}
         for path in sorted(p for p in folder.rglob("*") if p.is_file())
     ]
+
+
+def ensure_writable_dir(path: Path, variable: str) -> None:
+    """Create `path` if needed and check this user may write there; StorageError naming `variable` if not."""
+    from job.errors import StorageError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"{variable}: cannot create {path} ({exc.strerror}); choose a writable directory") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StorageError(f"{variable}: {path} is not writable by this user; choose a writable directory")

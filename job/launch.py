@@ -16,9 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from job.checkpoints import Checkpoints
 from job.config import SECRET_VARIABLES
 from job.errors import TrainingError, error_for_code
 from job.logs import get_logger
+from job.preemption import StopRequest
 from job.prepare import PreparedData
 from job.settings import ENV_PREFIX, Settings, as_environment
 from job.topology import Topology
@@ -37,11 +39,21 @@ def train(
     model_path: Path,
     topology: Topology,
     work: Path,
+    *,
+    checkpoints: Checkpoints,
+    resume: Path | None,
+    stop: StopRequest,
 ) -> TrainOutcome | None:
     """The outcome on the main node; None on the others."""
     if topology.world_size == 1:
         return train_and_evaluate(
-            settings, prepared, model_path, staging=work / "model", checkpoints=work / "checkpoints"
+            settings,
+            prepared,
+            model_path,
+            staging=work / "model",
+            checkpoints=checkpoints.local,
+            resume=resume,
+            stop=stop,
         )
     failures = work / FAILURES
     for rank in range(topology.first_rank, topology.first_rank + topology.procs_per_node):
@@ -65,6 +77,9 @@ def train(
         "--prepared", str(prepared.path),
         "--model", str(model_path),
         "--work", str(work),
+        "--checkpoints", str(checkpoints.local),
+        "--stop-file", str(stop.stop_file),
+        *(["--resume", str(resume)] if resume else []),
     ]  # fmt: skip
     log.info("launch.workers", processes=topology.procs_per_node, world_size=topology.world_size)
     returncode = subprocess.run(command, env=_worker_environment(settings), check=False).returncode
@@ -84,6 +99,9 @@ def _worker_environment(settings: Settings) -> dict[str, str]:
     )
     # A NCCL error aborts the process (and so the run) instead of leaving peers hanging.
     env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    # Where the scheduler signals every process (Slurm), torchrun's agent passes SIGTERM on
+    # to the workers and kills them after this many seconds: leave them time to checkpoint.
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "300")
     return env
 
 

@@ -91,6 +91,7 @@ def configure_logging(
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(formatter)
+    handler.addFilter(_library_errors_as_warnings)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -132,6 +133,14 @@ def route_library_logs(log_format: LogFormat) -> None:
         datasets.disable_progress_bars()
         huggingface_hub.utils.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
+
+
+def _library_errors_as_warnings(record: logging.LogRecord) -> bool:
+    """A library's error record precedes the exception the job turns into its own one-line
+    error event; as a warning it stays visible without making a second error line."""
+    if record.levelno >= logging.ERROR and not record.name.startswith("job"):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
 
 
 def get_logger(name: str = "job") -> structlog.stdlib.BoundLogger:

@@ -15,10 +15,11 @@ from typing import Any
 
 import structlog
 
-from job import artifacts, card, launch, modeling
-from job.errors import ConfigError
+from job import artifacts, card, checkpoints, launch, modeling, promotion
+from job.errors import ConfigError, NotPromoted, Preempted
 from job.files import write_json
 from job.logs import get_logger
+from job.preemption import STOP_FILE, StopRequest
 from job.prepare import prepare
 from job.settings import Settings
 from job.storage import open_output
@@ -50,18 +51,26 @@ def main(settings: Settings) -> dict[str, Any]:
     """
     timings = _Timings()
     topology = discover(settings)
-    with structlog.contextvars.bound_contextvars(rank=topology.first_rank, node_rank=topology.node_rank):
+    stop = StopRequest(settings.run_work_dir() / STOP_FILE)
+    stop.clear()  # a previous attempt's request
+    with (
+        stop.installed(),
+        structlog.contextvars.bound_contextvars(rank=topology.first_rank, node_rank=topology.node_rank),
+    ):
         log.info("launch.topology", **asdict(topology), world_size=topology.world_size)
-        return _run(settings, topology, timings)
+        return _run(settings, topology, timings, stop)
 
 
-def _run(settings: Settings, topology: Topology, timings: _Timings) -> dict[str, Any]:
+def _run(settings: Settings, topology: Topology, timings: _Timings, stop: StopRequest) -> dict[str, Any]:
     if topology.nnodes > 1 and "run_id" not in settings.model_fields_set:
         raise ConfigError("a multi-node run needs FT_RUN_ID, set to the same value on every node")
 
+    promotion.check_supported(settings)
     output = open_output(settings)
+    saved = checkpoints.locate(settings)
     if topology.is_main_node:
         output.check_writable()  # before hours of training, not after
+        checkpoints.check_writable(saved, settings)
     if output.is_complete():
         log.info("run.already_complete", location=output.location, effect="nothing to do")
         return {"status": "already_complete", "location": output.location}
@@ -79,8 +88,13 @@ def _run(settings: Settings, topology: Topology, timings: _Timings) -> dict[str,
         modeling.check_tokenizer_matches(tokenizer, config)
         prepared = prepare(settings, tokenizer, modeling.max_length(settings, tokenizer, config))
 
-    with timings.phase("train_and_evaluate"):
-        outcome = launch.train(settings, prepared, model_path, topology, work)
+    resume = checkpoints.restore(saved, settings)
+    if stop.requested:
+        raise Preempted(f"stopped on request before training started; run again with FT_RUN_ID={settings.run_id}")
+    with timings.phase("train_and_evaluate"), checkpoints.mirrored(saved, settings, active=topology.is_main_node):
+        outcome = launch.train(
+            settings, prepared, model_path, topology, work, checkpoints=saved, resume=resume, stop=stop
+        )
     if outcome is None:
         log.info("node.finished", effect="the main node verifies and publishes")
         return {"status": "node_finished", "node_rank": topology.node_rank}
@@ -95,6 +109,9 @@ def _run(settings: Settings, topology: Topology, timings: _Timings) -> dict[str,
             staging, prepared, outcome.validation, settings, precision=outcome.stats["precision"]
         )
 
+    production = output.read_latest() if settings.promote_if_better else None
+    decision = promotion.decide(settings, document["headline"], production)
+
     first_step = outcome.stats.get("first_step_unix")
     if first_step:
         timings.phases["to_first_step"] = first_step - timings.started
@@ -105,6 +122,7 @@ def _run(settings: Settings, topology: Topology, timings: _Timings) -> dict[str,
         outcome,
         timings=timings.phases,
         verification=verification,
+        promotion=decision.record(),
         files=sorted(p.name for p in staging.iterdir()),
     )
     write_json(staging / artifacts.RUN_MANIFEST, manifest)
@@ -114,7 +132,10 @@ def _run(settings: Settings, topology: Topology, timings: _Timings) -> dict[str,
     message = f"{headline['metric']}={headline['value']:.4f} on validation" if headline["value"] is not None else ""
     with timings.phase("publish"):
         location = output.publish(staging, message=message)
-    shutil.rmtree(work, ignore_errors=True)  # checkpoints are superseded by the published model
+    checkpoints.remove(saved, settings)  # superseded by the published model
+    shutil.rmtree(work, ignore_errors=True)
+    if decision.promoted:
+        output.write_latest(promotion.pointer(settings, decision, location))
 
     summary = {
         "status": "completed",
@@ -125,6 +146,10 @@ def _run(settings: Settings, topology: Topology, timings: _Timings) -> dict[str,
         "wall_s": round(time.time() - timings.started, 1),
         "train_samples_per_second": outcome.stats.get("train_samples_per_second"),
         "padding_efficiency": outcome.stats.get("padding_efficiency"),
+        "promoted": decision.promoted,
+        "promotion": decision.reason,
     }
     log.info("run.completed", **summary)
+    if not decision.promoted:
+        raise NotPromoted(f"not promoted: {decision.reason}; kept as a candidate at {location}, latest unchanged")
     return summary

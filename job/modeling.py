@@ -29,8 +29,8 @@ _OFFSET_POSITIONS = frozenset(
 _NO_LIMIT = 100_000  # tokenizers without a limit report a huge sentinel
 
 
-# What a BERT-family checkpoint needs; other weight formats (.bin pickles, ONNX, TF)
-# are never downloaded.
+# What a BERT-family checkpoint needs; other weight formats (.bin pickles unless
+# FT_ALLOW_PICKLE_WEIGHTS, ONNX, TF) are never downloaded.
 _MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
 
 
@@ -46,7 +46,11 @@ def resolve_model(settings: Settings) -> Path:
         return location.path
     from huggingface_hub import snapshot_download
 
-    patterns = [*_MODEL_FILES, "*.py"] if settings.trust_remote_code else _MODEL_FILES
+    patterns = list(_MODEL_FILES)
+    if settings.trust_remote_code:
+        patterns.append("*.py")
+    if settings.allow_pickle_weights:
+        patterns.append("*.bin")
     try:
         return Path(
             snapshot_download(
@@ -90,7 +94,7 @@ def load_model(path: Path, settings: Settings, labels: LabelSpec) -> PreTrainedM
             # A checkpoint with a classifier for other labels (e.g. last production
             # model retrained on a new label set) gets a fresh head instead of failing.
             ignore_mismatched_sizes=True,
-            use_safetensors=True,
+            use_safetensors=None if settings.allow_pickle_weights else True,
             **_options(settings),
         )
     except Exception as exc:
@@ -128,7 +132,7 @@ def _load_failure(settings: Settings, part: str, exc: BaseException) -> str:
     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     hint = "point FT_MODEL at a folder saved with save_pretrained or at a Hub model id"
     if part == "weights":
-        hint += " that has model.safetensors weights"
+        hint += " that has model.safetensors weights (or allow .bin pickles with FT_ALLOW_PICKLE_WEIGHTS=true)"
     return f"FT_MODEL='{settings.model}': could not load the {part}: {reason}; {hint}"
 
 

@@ -71,6 +71,7 @@ CommaList = Annotated[list[str] | None, NoDecode, BeforeValidator(_split_list)]
 SplitMapping = Annotated[dict[str, str] | None, NoDecode, BeforeValidator(_split_mapping)]
 OptionalStr = Annotated[str | None, BeforeValidator(_blank_to_none)]
 OptionalInt = Annotated[int | None, BeforeValidator(_blank_to_none)]
+OptionalFloat = Annotated[float | None, BeforeValidator(_blank_to_none)]
 
 
 def _field(group: str, description: str, *, allowed: str | None = None, **kwargs: Any) -> Any:
@@ -145,6 +146,12 @@ class Settings(BaseSettings):
         "model",
         "Allow model or dataset repositories to run their own Python code. Off: only "
         "architectures built into transformers load.",
+        default=False,
+    )
+    allow_pickle_weights: bool = _field(
+        "model",
+        "Also load `pytorch_model.bin` weights (Python pickles: loading one from an untrusted source can run "
+        "code; torch's weights-only loader limits that). Off: safetensors only.",
         default=False,
     )
     max_length: OptionalInt = _field(
@@ -332,6 +339,43 @@ class Settings(BaseSettings):
         le=86400,
     )
 
+    # --- checkpointing ----------------------------------------------------------------
+    checkpoint_dir: OptionalStr = _field(
+        "checkpointing",
+        "Durable home of this run's checkpoints: a local or shared path (a PVC) or "
+        "`s3://bucket/prefix`; they go to `<dir>/<run id>/checkpoint-<step>`. A run restarted "
+        "with the same FT_RUN_ID resumes from the newest complete one. Default: "
+        "`<FT_CACHE_DIR>/checkpoints`.",
+        default=None,
+    )
+    save_steps: OptionalInt = _field(
+        "checkpointing",
+        "Also checkpoint every this many optimizer steps (besides each evaluation). Unset: only at evaluations.",
+        default=None,
+        ge=1,
+    )
+    save_total_limit: int = _field(
+        "checkpointing",
+        "Checkpoints kept; the best one so far is kept in addition.",
+        default=2,
+        ge=1,
+        le=100,
+    )
+
+    # --- promotion --------------------------------------------------------------------
+    promote_min: OptionalFloat = _field(
+        "promotion",
+        "Promotion gate: the headline metric must reach this value (at most it, for loss-like "
+        "metrics) for the run to become `latest`. Unset: no threshold.",
+        default=None,
+    )
+    promote_if_better: bool = _field(
+        "promotion",
+        "Promotion gate: the headline metric must beat the one recorded in `<FT_OUTPUT>/latest.json` "
+        "(the current production model). A run not promoted is kept as a candidate and exits with code 7.",
+        default=False,
+    )
+
     # --- storage ----------------------------------------------------------------------
     s3_endpoint_url: OptionalStr = _field(
         "storage",
@@ -366,6 +410,13 @@ class Settings(BaseSettings):
         ge=1,
         le=50,
     )
+    s3_timeout: int = _field(
+        "storage",
+        "Seconds to wait for an S3 connection or answer before the request counts as failed (and is retried).",
+        default=60,
+        ge=1,
+        le=3600,
+    )
     hub_private: bool = _field(
         "storage", "Create the Hub repository as private when `FT_OUTPUT` is `hf://org/name`.", default=True
     )
@@ -392,6 +443,13 @@ class Settings(BaseSettings):
             raise ValueError(f"FT_LABELS lists a label twice: {','.join(self.labels)}")
         if self.node_rank is not None and self.num_nodes is not None and self.node_rank >= self.num_nodes:
             raise ValueError(f"FT_NODE_RANK={self.node_rank} must be below FT_NUM_NODES={self.num_nodes}")
+        if self.checkpoint_dir and "://" in self.checkpoint_dir:
+            scheme = self.checkpoint_dir.partition("://")[0].lower()
+            if scheme not in ("s3", "file"):
+                raise ValueError(
+                    f"FT_CHECKPOINT_DIR='{self.checkpoint_dir}' uses the unsupported scheme '{scheme}://'; "
+                    "use a local or shared path, or s3://bucket/prefix"
+                )
         if self.metric_for_best_model is not None:
             known = CLASSIFICATION_METRICS + MULTI_LABEL_METRICS + REGRESSION_METRICS
             if self.metric_for_best_model not in known:

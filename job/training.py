@@ -29,11 +29,13 @@ from transformers import (
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from job import metrics
+from job.checkpoints import CheckpointCallback
 from job.errors import ConfigError, TrainingError
 from job.files import write_json
 from job.labels import MULTI, REGRESSION, SINGLE, LabelSpec
 from job.logs import get_logger
 from job.modeling import load_model, load_tokenizer
+from job.preemption import StopRequest
 from job.prepare import PreparedData
 from job.settings import (
     CLASSIFICATION_METRICS,
@@ -98,11 +100,15 @@ def train_and_evaluate(
     *,
     staging: Path,
     checkpoints: Path,
+    resume: Path | None,
+    stop: StopRequest,
 ) -> TrainOutcome:
-    """Train, pick the best checkpoint, predict validation (and test), save the model.
+    """Train (from `resume` when given), pick the best checkpoint, predict validation
+    (and test), save the model.
 
     Every rank runs this; the returned predictions cover all rows on every rank, and
-    only the main process writes to `staging`.
+    only the main process writes to `staging`. A stop request saves a checkpoint and
+    raises Preempted.
     """
     precision = resolve_precision(settings.mixed_precision)
     metric = best_model_metric(settings, prepared.labels)
@@ -110,7 +116,11 @@ def train_and_evaluate(
     tokenizer = load_tokenizer(model_path, settings)
     model = load_model(model_path, settings, prepared.labels)
     args = _arguments(settings, checkpoints, precision, metric)
-    callbacks: list[TrainerCallback] = [ProgressLog(staging / TRAIN_LOG), NonFiniteLossGuard()]
+    callbacks: list[TrainerCallback] = [
+        ProgressLog(staging / TRAIN_LOG),
+        NonFiniteLossGuard(),
+        CheckpointCallback(stop, save_steps=settings.save_steps, run_id=settings.run_id),
+    ]
     if settings.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
     trainer = _Trainer(
@@ -139,8 +149,10 @@ def train_and_evaluate(
         precision=precision,
         best_model_metric=metric,
     )
+    if resume is not None:
+        log.info("train.resumed", checkpoint=str(resume), step=int(resume.name.rpartition("-")[2]))
     try:
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except torch.OutOfMemoryError:
         raise TrainingError(
             f"out of memory at FT_BATCH_SIZE={settings.batch_size} and FT_MAX_LENGTH={prepared.max_length}; "
@@ -203,7 +215,7 @@ def _arguments(settings: Settings, checkpoints: Path, precision: str, metric: st
         eval_steps=settings.eval_steps,
         save_strategy=strategy,
         save_steps=settings.eval_steps,
-        save_total_limit=1,  # the Trainer still keeps the best checkpoint beside the latest
+        save_total_limit=settings.save_total_limit,  # the Trainer keeps the best one beside these
         load_best_model_at_end=True,
         metric_for_best_model=metric,
         greater_is_better=metric not in LOWER_IS_BETTER,
@@ -265,6 +277,12 @@ class ProgressLog(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         self.started = time.monotonic()
         self.start_step = state.global_step
+        if state.is_world_process_zero and state.log_history and not self.path.exists():
+            # Resumed: the steps before the checkpoint come from its saved history.
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("w") as handle:
+                for logs in state.log_history:
+                    handle.write(json.dumps(_record(state, logs, step=logs.get("step", 0))) + "\n")
 
     def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
         if self.first_step_unix is None:
@@ -273,8 +291,7 @@ class ProgressLog(TrainerCallback):
     def on_log(self, args: TrainingArguments, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if not state.is_world_process_zero or not logs:
             return
-        numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and k != "total_flos"}
-        record = {"step": state.global_step, **numbers, "epoch": round(float(state.epoch or 0), 4)}
+        record = _record(state, logs, step=state.global_step)
         if "loss" in logs:
             elapsed = time.monotonic() - self.started
             done = state.global_step - self.start_step
@@ -290,6 +307,11 @@ class ProgressLog(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def _record(state: Any, logs: dict[str, Any], *, step: int) -> dict[str, Any]:
+    numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and k not in ("total_flos", "step")}
+    return {"step": step, **numbers, "epoch": round(float(logs.get("epoch", state.epoch) or 0), 4)}
 
 
 class NonFiniteLossGuard(TrainerCallback):

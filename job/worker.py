@@ -28,6 +28,9 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepared", type=Path, required=True)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--checkpoints", type=Path, required=True)
+    parser.add_argument("--stop-file", type=Path, required=True)
+    parser.add_argument("--resume", type=Path)
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     log = get_logger("job.worker")
@@ -42,15 +45,20 @@ def run(argv: list[str] | None = None) -> int:
         )
         route_library_logs(settings.log_format)
 
+        from job.preemption import StopRequest
         from job.prepare import load_prepared
         from job.training import save_outcome, train_and_evaluate
 
+        stop = StopRequest(args.stop_file)  # the launcher's file, or SIGTERM from Slurm
+        stop.install()
         outcome = train_and_evaluate(
             settings,
             load_prepared(args.prepared),
             args.model,
             staging=args.work / "model",
-            checkpoints=args.work / "checkpoints",
+            checkpoints=args.checkpoints,
+            resume=args.resume,
+            stop=stop,
         )
         if rank == 0:
             save_outcome(outcome, args.work / "outcome")

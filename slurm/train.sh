@@ -34,6 +34,8 @@ export FT_MODEL="${FT_MODEL:-bert-base-uncased}"
 export FT_DATASET="${FT_DATASET:-imdb}"
 export FT_OUTPUT="${FT_OUTPUT:-$HOME/ftjob/outputs}"  # or s3://bucket/prefix, hf://org/name
 export FT_CACHE_DIR="${FT_CACHE_DIR:-/tmp/ftjob-cache-$USER}"  # node-local disk is fastest
+# Checkpoints must outlive the nodes: a shared filesystem or s3://bucket/prefix.
+export FT_CHECKPOINT_DIR="${FT_CHECKPOINT_DIR:-$HOME/ftjob/checkpoints}"
 # Every node must use the same run id; a requeued job keeps its id and its checkpoints.
 export FT_RUN_ID="${FT_RUN_ID:-slurm-${SLURM_JOB_ID}}"
 # Secrets (HF_TOKEN, AWS credentials) come from the submitting environment or AWS_PROFILE.
@@ -48,11 +50,32 @@ export PYTHONUNBUFFERED=1
 echo "ftjob: run ${FT_RUN_ID} on ${SLURM_JOB_NUM_NODES:-1} node(s), rendezvous at ${FT_MASTER_ADDR}" >&2
 
 if [[ -n "${FTJOB_IMAGE}" ]]; then
+    mounts="${FT_CACHE_DIR}:${FT_CACHE_DIR}"
+    if [[ ${FT_CHECKPOINT_DIR} != s3://* ]]; then
+        mkdir -p "${FT_CHECKPOINT_DIR}"
+        mounts+=",${FT_CHECKPOINT_DIR}:${FT_CHECKPOINT_DIR}"
+    fi
     launcher=(srun --kill-on-bad-exit=1 --wait=60 --container-image="${FTJOB_IMAGE}"
-              --container-mounts="${FT_CACHE_DIR}:${FT_CACHE_DIR}" --container-env=ALL ftjob)
+              --container-mounts="${mounts}" --container-env=ALL ftjob)
 else
     launcher=(srun --kill-on-bad-exit=1 --wait=60 "${FTJOB_VENV}/bin/python" -m job)
 fi
 
-# srun's exit status is the job's: 0 done, 2/3 fix the settings or data, see the README.
-exec "${launcher[@]}"
+# The time-limit warning (--signal above), `scancel --signal=TERM --batch` and preemption
+# send SIGTERM to this shell: pass it to srun, which passes it to the job. The job then
+# saves a checkpoint and exits 75, and the job is requeued: it resumes under the same
+# run id. Any other status is final: 0 done, 2/3 fix the settings or data (README).
+"${launcher[@]}" &
+srun_pid=$!
+trap 'kill -TERM "${srun_pid}" 2>/dev/null || true' TERM
+status=0
+wait "${srun_pid}" || status=$?
+while kill -0 "${srun_pid}" 2>/dev/null; do  # the trap ended the first wait early
+    status=0
+    wait "${srun_pid}" || status=$?
+done
+if [[ ${status} -eq 75 ]]; then
+    echo "ftjob: run ${FT_RUN_ID} stopped with a checkpoint; requeueing job ${SLURM_JOB_ID}" >&2
+    scontrol requeue "${SLURM_JOB_ID}"
+fi
+exit "${status}"

@@ -31,8 +31,8 @@ def test_sbatch_template_trains_on_two_tasks(tmp_path: Path, tiny_model: Path) -
         env.update(
             FTJOB_VENV=str(Path(sys.executable).parent.parent), FT_MODEL=str(tiny_model),
             FT_DATASET=str(tmp_path / "data"), FT_OUTPUT=str(tmp_path / "outputs"),
-            FT_CACHE_DIR=str(tmp_path / "cache"), FT_PROCS_PER_NODE="1", FT_EPOCHS="2", FT_BATCH_SIZE="16",
-            FT_LOG_FORMAT="json", HF_HUB_OFFLINE="1",
+            FT_CACHE_DIR=str(tmp_path / "cache"), FT_CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
+            FT_PROCS_PER_NODE="1", FT_EPOCHS="2", FT_BATCH_SIZE="16", FT_LOG_FORMAT="json", HF_HUB_OFFLINE="1",
         )  # fmt: skip
         # The template asks for GPUs and 32 cores per node; this test cluster has 2 cores.
         submit = subprocess.run(

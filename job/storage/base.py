@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 COMPLETE = "_COMPLETE.json"
+LATEST = "latest.json"  # beside the runs: the promoted (production) run
 
 
 class Output(Protocol):
@@ -21,6 +22,12 @@ class Output(Protocol):
 
     def publish(self, staging: Path, *, message: str) -> str:
         """Upload the verified folder; returns the final location."""
+
+    def read_latest(self) -> dict[str, Any] | None:
+        """The `latest.json` pointer beside the runs (the production run), if any."""
+
+    def write_latest(self, pointer: dict[str, Any]) -> None:
+        """Move the pointer to a published run."""
 
 
 def completion_manifest(files: list[dict[str, Any]], *, message: str) -> dict[str, Any]:

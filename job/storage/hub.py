@@ -106,3 +106,9 @@ class HubOutput:
             )
         log.info("hub.published", location=self.location, commit=getattr(info, "oid", None), files=len(files) + 1)
         return self.location
+
+    def read_latest(self) -> dict[str, Any] | None:
+        return None  # on the Hub the head of the branch is the latest; no promotion gate here
+
+    def write_latest(self, pointer: dict[str, Any]) -> None:
+        return None

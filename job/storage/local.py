@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
-from job.errors import StorageError
-from job.files import file_listing, write_json
-from job.storage.base import COMPLETE, completion_manifest
+from job.files import ensure_writable_dir, file_listing, write_json
+from job.storage.base import COMPLETE, LATEST, completion_manifest
 
 
 class LocalOutput:
@@ -22,14 +23,7 @@ class LocalOutput:
         return (self.final / COMPLETE).is_file()
 
     def check_writable(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(
-                f"FT_OUTPUT='{self.root}' cannot be created ({exc.strerror}); choose a writable directory"
-            ) from None
-        if not os.access(self.root, os.W_OK | os.X_OK):
-            raise StorageError(f"FT_OUTPUT='{self.root}' is not writable by this user; choose a writable directory")
+        ensure_writable_dir(self.root, "FT_OUTPUT")
 
     def publish(self, staging: Path, *, message: str) -> str:
         files = file_listing(staging)
@@ -44,6 +38,15 @@ class LocalOutput:
         _make_readable(self.final)
         write_json(self.final / COMPLETE, completion_manifest(files, message=message))
         return self.location
+
+    def read_latest(self) -> dict[str, Any] | None:
+        path = self.root / LATEST
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def write_latest(self, pointer: dict[str, Any]) -> None:
+        partial = self.root / f".{LATEST}.partial"
+        write_json(partial, pointer)
+        partial.replace(self.root / LATEST)  # readers see the old pointer or the new one
 
 
 def _make_readable(folder: Path) -> None:

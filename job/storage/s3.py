@@ -21,7 +21,7 @@ from job.files import file_listing
 from job.locations import data_format_of
 from job.logs import get_logger
 from job.settings import Settings
-from job.storage.base import COMPLETE, completion_manifest
+from job.storage.base import COMPLETE, LATEST, completion_manifest
 
 MIB = 1024 * 1024
 _FILE_ATTEMPTS = 3
@@ -45,8 +45,8 @@ def client(settings: Settings) -> Any:
     config = Config(
         retries={"max_attempts": settings.s3_max_attempts, "mode": "adaptive"},
         s3={"addressing_style": settings.s3_addressing_style},
-        connect_timeout=10,
-        read_timeout=120,
+        connect_timeout=settings.s3_timeout,
+        read_timeout=settings.s3_timeout,
         max_pool_connections=max(10, settings.s3_max_concurrency),
     )
     # endpoint_url=None lets boto3 honour AWS_ENDPOINT_URL(_S3) itself.
@@ -204,12 +204,24 @@ def _safe_join(root: Path, relative: str, where: str) -> Path:
 # --- outputs ------------------------------------------------------------------------
 
 
+def check_writable(uri: str, settings: Settings, *, variable: str) -> None:
+    """Write and delete a probe object under `uri`: fails now, not after hours of training."""
+    bucket, prefix = parse_uri(uri, variable)
+    probe = f"{prefix.rstrip('/')}/.ftjob-write-check" if prefix.strip("/") else ".ftjob-write-check"
+    s3 = client(settings)
+    with translated(variable, uri, writing=True):
+        s3.head_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key=probe, Body=b"")
+        s3.delete_object(Bucket=bucket, Key=probe)
+
+
 class S3Output:
     """Publishes to s3://bucket/prefix/<run id>/, completion manifest last."""
 
     def __init__(self, uri: str, settings: Settings) -> None:
         self.settings = settings
         self.bucket, prefix = parse_uri(uri, "FT_OUTPUT")
+        self.root = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.prefix = f"{prefix.strip('/')}/{settings.run_id}/" if prefix.strip("/") else f"{settings.run_id}/"
         self.location = f"s3://{self.bucket}/{self.prefix}"
         self.model_ref = self.location
@@ -225,11 +237,7 @@ class S3Output:
         return translated("FT_OUTPUT", self.location, writing=True)
 
     def check_writable(self) -> None:
-        probe = f"{self.prefix}.ftjob-write-check"
-        with self._translated():
-            self.s3.head_bucket(Bucket=self.bucket)
-            self.s3.put_object(Bucket=self.bucket, Key=probe, Body=b"")
-            self.s3.delete_object(Bucket=self.bucket, Key=probe)
+        check_writable(self.location, self.settings, variable="FT_OUTPUT")
 
     def is_complete(self) -> bool:
         from botocore.exceptions import ClientError
@@ -249,7 +257,7 @@ class S3Output:
         hashing = time.monotonic() - mark
         with self._translated():
             mark = time.monotonic()
-            self._upload(staging, files)
+            upload_files(self.s3, self.settings, staging, files, bucket=self.bucket, prefix=self.prefix)
             uploading = time.monotonic() - mark
             uploaded = {o["Key"]: o["Size"] for o in _list(self.s3, self.bucket, self.prefix)}
             missing = [f["path"] for f in files if uploaded.get(self.prefix + f["path"]) != f["size"]]
@@ -283,39 +291,128 @@ class S3Output:
         )
         return self.location
 
-    def _upload(self, staging: Path, files: list[dict[str, Any]]) -> None:
-        from boto3.s3.transfer import create_transfer_manager
+    def read_latest(self) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
 
-        pending = list(files)
-        for attempt in range(1, _FILE_ATTEMPTS + 1):
-            failed = []
-            with create_transfer_manager(self.s3, _transfer_config(self.settings)) as manager:
-                futures = [
-                    (
-                        f,
-                        manager.upload(
-                            str(staging / f["path"]),
-                            self.bucket,
-                            self.prefix + f["path"],
-                            extra_args={
-                                "ContentType": mimetypes.guess_type(f["path"])[0] or "application/octet-stream"
-                            },
-                        ),
-                    )
-                    for f in pending
-                ]
-                for f, future in futures:
-                    try:
-                        future.result()
-                    except Exception as exc:
-                        if attempt == _FILE_ATTEMPTS or not _transient(exc):
-                            raise
-                        failed.append(f)
-            if not failed:
-                return
-            log.warning("s3.upload_retry", files=[f["path"] for f in failed], attempt=attempt)
-            time.sleep(2**attempt)
-            pending = failed
+        with self._translated():
+            try:
+                body = self.s3.get_object(Bucket=self.bucket, Key=self.root + LATEST)["Body"].read()
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return None
+                raise
+        return json.loads(body)
+
+    def write_latest(self, pointer: dict[str, Any]) -> None:
+        with self._translated():  # one PUT: readers see the old pointer or the new one
+            self.s3.put_object(
+                Bucket=self.bucket,
+                Key=self.root + LATEST,
+                Body=json.dumps(pointer, indent=2).encode(),
+                ContentType="application/json",
+            )
+
+
+def upload_files(
+    s3: Any, settings: Settings, folder: Path, files: list[dict[str, Any]], *, bucket: str, prefix: str
+) -> None:
+    """Upload `files` (paths relative to `folder`) under `prefix`, in parallel, in parts above
+    the chunk size; whole files are retried on top of botocore's per-request retries."""
+    from boto3.s3.transfer import create_transfer_manager
+
+    pending = list(files)
+    for attempt in range(1, _FILE_ATTEMPTS + 1):
+        failed = []
+        with create_transfer_manager(s3, _transfer_config(settings)) as manager:
+            futures = [
+                (
+                    f,
+                    manager.upload(
+                        str(folder / f["path"]),
+                        bucket,
+                        prefix + f["path"],
+                        extra_args={"ContentType": mimetypes.guess_type(f["path"])[0] or "application/octet-stream"},
+                    ),
+                )
+                for f in pending
+            ]
+            for f, future in futures:
+                try:
+                    future.result()
+                except Exception as exc:
+                    if attempt == _FILE_ATTEMPTS or not _transient(exc):
+                        raise
+                    failed.append(f)
+        if not failed:
+            return
+        log.warning("s3.upload_retry", files=[f["path"] for f in failed], attempt=attempt)
+        time.sleep(2**attempt)
+        pending = failed
+
+
+# --- checkpoints --------------------------------------------------------------------
+
+
+def pull_checkpoints(uri: str, local: Path, settings: Settings, *, marker: str) -> None:
+    """Fetch every complete checkpoint under `uri` (those with a marker) into `local`."""
+    bucket, prefix = parse_uri(uri, "FT_CHECKPOINT_DIR")
+    s3 = client(settings)
+    with translated("FT_CHECKPOINT_DIR", uri, writing=False):
+        s3.head_bucket(Bucket=bucket)
+        listed = list(_list(s3, bucket, prefix))
+    done = {o["Key"][len(prefix) :].split("/")[0] for o in listed if o["Key"].endswith(f"/{marker}")}
+    if not done:
+        return
+    wanted = [o for o in listed if o["Key"][len(prefix) :].split("/")[0] in done]
+    started = time.monotonic()
+    with translated("FT_CHECKPOINT_DIR", uri, writing=False):
+        for obj in wanted:
+            target = _safe_join(local, obj["Key"][len(prefix) :], f"FT_CHECKPOINT_DIR={uri}")
+            if target.is_file() and target.stat().st_size == obj["Size"]:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, obj["Key"], str(target) + ".part", Config=_transfer_config(settings))
+            Path(str(target) + ".part").replace(target)
+    seconds = round(time.monotonic() - started, 2)
+    log.info("checkpoint.downloaded", location=uri, checkpoints=sorted(done), seconds=seconds)
+
+
+def push_checkpoints(local: Path, uri: str, settings: Settings, *, marker: str, names: Any) -> None:
+    """Mirror local complete checkpoints to `uri`: new ones up (marker last), rotated ones removed."""
+    bucket, prefix = parse_uri(uri, "FT_CHECKPOINT_DIR")
+    s3 = client(settings)
+    with translated("FT_CHECKPOINT_DIR", uri, writing=True):
+        remote = {o["Key"][len(prefix) :] for o in _list(s3, bucket, prefix)}
+        remote_done = {k.split("/")[0] for k in remote if k.endswith(f"/{marker}")}
+        present = {p.name for p in local.iterdir() if names.match(p.name)} if local.is_dir() else set()
+        for name in sorted(present - remote_done):
+            folder = local / name
+            if not (folder / marker).is_file():
+                continue  # still being written
+            files = [f for f in file_listing(folder) if f["path"] != marker]
+            started = time.monotonic()
+            upload_files(s3, settings, folder, files, bucket=bucket, prefix=f"{prefix}{name}/")
+            s3.upload_file(str(folder / marker), bucket, f"{prefix}{name}/{marker}")
+            log.info(
+                "checkpoint.uploaded",
+                location=f"s3://{bucket}/{prefix}{name}/",
+                mib=round(sum(f["size"] for f in files) / MIB, 2),
+                seconds=round(time.monotonic() - started, 2),
+            )
+        gone = [k for k in remote if k.split("/")[0] not in present and names.match(k.split("/")[0])]
+        # Marker first, so a half-deleted checkpoint is never taken for a complete one.
+        gone.sort(key=lambda k: not k.endswith(f"/{marker}"))
+        for key in gone:
+            s3.delete_object(Bucket=bucket, Key=prefix + key)
+
+
+def delete_prefix(uri: str, settings: Settings, *, variable: str) -> None:
+    bucket, prefix = parse_uri(uri, variable)
+    s3 = client(settings)
+    with translated(variable, uri, writing=True):
+        keys = [o["Key"] for o in _list(s3, bucket, prefix)]
+        for i in range(0, len(keys), 1000):
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]]})
 
 
 def _transient(exc: BaseException) -> bool:

@@ -1,0 +1,198 @@
+"""Checkpoints on durable storage, and resuming from them.
+
+The checkpoints of run R live at `<FT_CHECKPOINT_DIR>/<R>/checkpoint-<step>`. The
+Trainer writes them to a local folder: FT_CHECKPOINT_DIR itself when it is a path
+(a PVC, a shared filesystem), else a local mirror that the launcher uploads to S3
+in the background. A checkpoint counts only once its marker is written, after every
+rank has saved its part, so one cut off mid-save is never resumed from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback, TrainingArguments
+
+from job.errors import Preempted
+from job.files import ensure_writable_dir
+from job.logs import get_logger
+from job.preemption import StopRequest
+from job.settings import Settings
+
+MARKER = "ftjob-checkpoint.json"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+_PUSH_INTERVAL_S = 5.0
+
+log = get_logger("job.checkpoints")
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    local: Path  # where the Trainer writes
+    remote: str | None  # s3://bucket/prefix/<run id>/ when FT_CHECKPOINT_DIR is in S3
+
+    @property
+    def durable(self) -> str:
+        return self.remote or str(self.local)
+
+
+def locate(settings: Settings) -> Checkpoints:
+    value = settings.checkpoint_dir
+    if value and value.lower().startswith("s3://"):
+        return Checkpoints(
+            local=settings.run_work_dir() / "checkpoints", remote=f"{value.rstrip('/')}/{settings.run_id}/"
+        )
+    root = Path(value.removeprefix("file://")).expanduser() if value else settings.cache_dir / "checkpoints"
+    return Checkpoints(local=root / settings.run_id, remote=None)
+
+
+def check_writable(checkpoints: Checkpoints, settings: Settings) -> None:
+    if checkpoints.remote:
+        from job.storage.s3 import check_writable as check_s3
+
+        check_s3(checkpoints.remote, settings, variable="FT_CHECKPOINT_DIR")
+        return
+    ensure_writable_dir(checkpoints.local, "FT_CHECKPOINT_DIR")
+
+
+def complete(folder: Path) -> list[Path]:
+    """Checkpoints with their marker, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)) and (p / MARKER).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest(folder: Path) -> Path | None:
+    found = complete(folder)
+    return found[-1] if found else None
+
+
+def restore(checkpoints: Checkpoints, settings: Settings) -> Path | None:
+    """The checkpoint to resume from, after fetching the remote ones (once per node)."""
+    if checkpoints.remote:
+        from job.storage.s3 import pull_checkpoints
+
+        pull_checkpoints(checkpoints.remote, checkpoints.local, settings, marker=MARKER)
+    return latest(checkpoints.local)
+
+
+@contextlib.contextmanager
+def mirrored(checkpoints: Checkpoints, settings: Settings, *, active: bool) -> Iterator[None]:
+    """Upload complete checkpoints to S3 while the body trains; on failure or preemption,
+    upload the last ones before giving up, so a restart elsewhere can resume."""
+    if not (checkpoints.remote and active):
+        yield
+        return
+    from job.storage.s3 import push_checkpoints
+
+    stop = threading.Event()
+
+    def push() -> None:
+        push_checkpoints(checkpoints.local, checkpoints.remote, settings, marker=MARKER, names=_NAME)
+
+    def loop() -> None:
+        while not stop.wait(_PUSH_INTERVAL_S):
+            try:
+                push()
+            except Exception as exc:  # a transient outage must not end the training
+                log.warning("checkpoint.upload_failed", location=checkpoints.remote, error=str(exc)[:300])
+
+    thread = threading.Thread(target=loop, name="checkpoint-upload", daemon=True)
+    thread.start()
+    try:
+        yield
+    except BaseException:
+        stop.set()
+        thread.join()
+        push()
+        raise
+    stop.set()
+    thread.join()
+
+
+def remove(checkpoints: Checkpoints, settings: Settings) -> None:
+    """After publishing: the checkpoints are superseded by the published model."""
+    shutil.rmtree(checkpoints.local, ignore_errors=True)
+    if checkpoints.remote:
+        from job.storage.s3 import delete_prefix
+
+        delete_prefix(checkpoints.remote, settings, variable="FT_CHECKPOINT_DIR")
+
+
+class CheckpointCallback(TrainerCallback):
+    """Extra saves every FT_SAVE_STEPS, markers on complete checkpoints, and the stop on request.
+
+    Every rank runs it. Ranks exchange their stop flags each step without waiting on
+    each other in the hot path (the result of step s is read at step s+1), so all of
+    them stop, save and exit at the same step.
+    """
+
+    def __init__(self, stop: StopRequest, *, save_steps: int | None, run_id: str) -> None:
+        self.stop = stop
+        self.save_steps = save_steps
+        self.run_id = run_id
+        self.stopping = False
+        self._group: Any = None
+        self._flag: torch.Tensor | None = None
+        self._pending: Any = None
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if args.world_size > 1 and dist.is_available() and dist.is_initialized():
+            # Host-side exchange on gloo, whatever the training backend: no device sync.
+            self._group = dist.new_group(backend="gloo")
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.save_steps and state.global_step % self.save_steps == 0:
+            control.should_save = True
+        if self._stop_agreed():
+            self.stopping = True
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_epoch_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.stopping:  # no evaluation of a cut-short epoch: it would count as that epoch's score
+            control.should_evaluate = False
+            control.should_save = False
+
+    def on_save(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._group is not None:
+            dist.barrier(group=self._group)  # every rank has written its part (its RNG state)
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero:
+            marker = {"step": state.global_step, "epoch": state.epoch, "run_id": self.run_id, "saved_at": time.time()}
+            (folder / MARKER).write_text(json.dumps(marker))
+            log.info("checkpoint.saved", step=state.global_step, path=str(folder))
+        if self.stopping:
+            raise Preempted(
+                f"stopped on request at step {state.global_step} of {state.max_steps}; checkpoint saved to "
+                f"{folder.name}; run again with FT_RUN_ID={self.run_id} to resume from it"
+            )
+
+    def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._pending is not None:
+            self._pending.wait()
+            self._pending = None
+
+    def _stop_agreed(self) -> bool:
+        local = self.stop.requested
+        if self._group is None:
+            return local
+        agreed = False
+        if self._pending is not None:
+            self._pending.wait()
+            agreed = bool(self._flag is not None and self._flag.item() > 0)
+        self._flag = torch.tensor([1.0 if local else 0.0])
+        self._pending = dist.all_reduce(self._flag, group=self._group, async_op=True)
+        return agreed

@@ -1,0 +1,62 @@
+"""Stop requests: SIGTERM from Kubernetes eviction, Slurm preemption or a spot reclaim.
+
+The handler only records the request; training notices it at the next step end,
+saves a checkpoint and exits with code 75 ("run me again"). In a distributed run
+the launcher (the container's PID 1 on Kubernetes, the only process that gets the
+signal there) also creates a stop file that its workers watch, and the ranks agree
+on the step to stop at (see checkpoints.CheckpointCallback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from job.logs import get_logger
+
+STOP_FILE = "STOP"
+
+log = get_logger("job.preemption")
+
+
+class StopRequest:
+    """Set by SIGTERM in this process, or by the stop file another process created."""
+
+    def __init__(self, stop_file: Path) -> None:
+        self.stop_file = stop_file
+        self._event = threading.Event()
+
+    def install(self) -> None:
+        """Take over SIGTERM (main thread only); the default action would kill the run unsaved."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """SIGTERM handled for the duration, the previous handler restored after."""
+        previous = signal.getsignal(signal.SIGTERM)
+        self.install()
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def clear(self) -> None:
+        self._event.clear()
+        self.stop_file.unlink(missing_ok=True)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if not self._event.is_set():
+            log.warning("run.stop_requested", signal=signal.Signals(signum).name, effect="checkpoint, then exit 75")
+        self._event.set()
+        try:
+            self.stop_file.parent.mkdir(parents=True, exist_ok=True)
+            self.stop_file.touch()
+        except OSError:
+            pass  # the workers then stop on their own signal, or are stopped by their launcher
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set() or self.stop_file.exists()
