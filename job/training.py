@@ -160,7 +160,9 @@ def train_and_evaluate(
             "or FT_MAX_LENGTH"
         ) from None
 
+    mark = time.monotonic()
     validation = _predict(trainer, prepared.validation, "eval")
+    eval_runtime = time.monotonic() - mark
     test = _predict(trainer, prepared.test, "test") if prepared.test is not None else None
     trainer.save_model(str(staging))
     if trainer.is_world_process_zero():
@@ -177,6 +179,7 @@ def train_and_evaluate(
         train_loss=result.training_loss,
         best_checkpoint=trainer.state.best_model_checkpoint,
         first_step_unix=trainer.progress.first_step_unix,
+        eval_runtime_s=round(eval_runtime, 3),
     )
     log.info("train.completed", **{k: v for k, v in stats.items() if k != "best_checkpoint"})
     return TrainOutcome(
@@ -244,6 +247,7 @@ class _Trainer(Trainer):
         self.processed_tokens = 0
         self.samples_seen = 0
         self.real_tokens: torch.Tensor | int = 0  # stays on the device until the end
+        self.checkpoint_seconds = 0.0
         self.progress = next(c for c in self.callback_handler.callbacks if isinstance(c, ProgressLog))
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
@@ -258,6 +262,11 @@ class _Trainer(Trainer):
     def _get_eval_sampler(self, eval_dataset: Any) -> Any:
         # Keep dataset order (already sorted by length) so predictions line up with rows.
         return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        mark = time.monotonic()
+        super()._save_checkpoint(model, trial)
+        self.checkpoint_seconds += time.monotonic() - mark
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         self.processed_tokens += int(inputs["input_ids"].numel())  # shape only: no sync
@@ -346,12 +355,19 @@ def _throughput(trainer: _Trainer, train_metrics: dict[str, Any]) -> dict[str, A
         ]
     ).to(trainer.args.device, torch.int64)
     per_rank = trainer.accelerator.gather(counts.unsqueeze(0)).cpu()  # one collective, at the end
-    processed, real, _ = (int(v) for v in per_rank.sum(0).tolist())
+    processed, real, samples = (int(v) for v in per_rank.sum(0).tolist())
+    # The Trainer's runtime includes the evaluations and checkpoints inside the loop;
+    # the step rate leaves them out, to compare with training loops that do neither.
+    evaluating = sum(e.get("eval_runtime", 0.0) for e in trainer.state.log_history)
+    stepping = runtime - evaluating - trainer.checkpoint_seconds
     return {
         "samples_per_rank": [int(v) for v in per_rank[:, 2].tolist()],
         "train_runtime_s": round(runtime, 2),
         "train_samples_per_second": train_metrics.get("train_samples_per_second"),
-        "train_real_tokens_per_second": round(real / runtime, 1) if runtime else None,
+        "train_step_samples_per_second": round(samples / stepping, 2) if stepping > 0 else None,
+        "in_loop_evaluation_s": round(evaluating, 2),
+        "in_loop_checkpoint_s": round(trainer.checkpoint_seconds, 2),
+        "train_real_tokens_per_second": round(real / stepping, 1) if stepping > 0 else None,
         "real_tokens": real,
         "processed_tokens": processed,
         "padding_efficiency": round(real / processed, 4) if processed else None,
