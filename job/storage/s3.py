@@ -269,9 +269,7 @@ class S3Output:
             # A re-run of this run id may have left objects the new run does not have.
             expected = {self.prefix + f["path"] for f in files}
             stale = [k for k in uploaded if k not in expected and k != self.prefix + COMPLETE]
-            for i in range(0, len(stale), 1000):
-                batch = [{"Key": k} for k in stale[i : i + 1000]]
-                self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+            _delete_keys(self.s3, self.bucket, stale)
             mark = time.monotonic()
             body = json.dumps(completion_manifest(files, message=message), indent=2).encode()
             self.s3.put_object(
@@ -410,9 +408,12 @@ def delete_prefix(uri: str, settings: Settings, *, variable: str) -> None:
     bucket, prefix = parse_uri(uri, variable)
     s3 = client(settings)
     with translated(variable, uri, writing=True):
-        keys = [o["Key"] for o in _list(s3, bucket, prefix)]
-        for i in range(0, len(keys), 1000):
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]]})
+        _delete_keys(s3, bucket, [o["Key"] for o in _list(s3, bucket, prefix)])
+
+
+def _delete_keys(s3: Any, bucket: str, keys: list[str]) -> None:
+    for i in range(0, len(keys), 1000):  # the most one DeleteObjects request takes
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]]})
 
 
 def _transient(exc: BaseException) -> bool:
