@@ -26,7 +26,6 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from job import metrics
 from job.checkpoints import CheckpointCallback
@@ -37,6 +36,7 @@ from job.logs import get_logger
 from job.modeling import load_model, load_tokenizer
 from job.preemption import StopRequest
 from job.prepare import PreparedData
+from job.sampling import LengthBucketSampler
 from job.settings import (
     CLASSIFICATION_METRICS,
     LOWER_IS_BETTER,
@@ -251,12 +251,10 @@ class _Trainer(Trainer):
         self.progress = next(c for c in self.callback_handler.callbacks if isinstance(c, ProgressLog))
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        # The stock sampler drops the length column before reading it and falls
-        # back to measuring every row; the lengths are already known.
+        # The lengths are already known (the stock sampler measures every row again),
+        # and whole-bucket sorting wastes less on padding than the stock mega-batches.
         if self._lengths is not None:
-            return LengthGroupedSampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self._lengths
-            )
+            return LengthBucketSampler(self._lengths, self.args.train_batch_size)
         return super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset: Any) -> Any:

@@ -141,7 +141,7 @@ def test_multi_label(make_settings, tmp_path: Path) -> None:
 
 
 def test_regression(make_settings, tmp_path: Path) -> None:
-    settings = make_settings(dataset=str(dataset_dir(tmp_path, "regression")), epochs=10, learning_rate=5e-3)
+    settings = make_settings(dataset=str(dataset_dir(tmp_path, "regression")), epochs=10, learning_rate=2e-3)
     run = Path(main(settings)["location"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["problem_type"] == "regression" and metrics["headline"]["metric"] == "rmse"
@@ -188,7 +188,7 @@ def test_max_length_beyond_the_model_limit_is_refused(make_settings, tmp_path: P
 def test_the_best_checkpoint_is_published_not_the_last(make_settings, tmp_path: Path) -> None:
     # A constant, too-high learning rate makes evaluation scores go up and down.
     settings = make_settings(
-        dataset=str(dataset_dir(tmp_path, "multiclass", test=0)), epochs=8, learning_rate=0.02, lr_scheduler="constant"
+        dataset=str(dataset_dir(tmp_path, "multiclass", test=0)), epochs=8, learning_rate=0.01, lr_scheduler="constant"
     )
     run = Path(main(settings)["location"])
     evals = [e["eval_f1_macro"] for e in read_jsonl(run / "train_log.jsonl") if "eval_f1_macro" in e]
