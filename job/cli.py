@@ -8,6 +8,7 @@ python -m job --env-file demo.env
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,12 +18,25 @@ from job.errors import ConfigError, ExitCode, JobError
 from job.logs import configure_logging, get_logger, route_library_logs
 from job.settings import redacted
 
+# Each command is `function(settings) -> summary`, raising JobError on failure; imported
+# only when chosen, because torch and transformers take seconds to import.
+COMMANDS = {
+    "train": ("job.main", "main"),
+}
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ftjob",
         description="Fine-tune a BERT-family text classifier. Configure it with FT_* environment "
         "variables (see the README's settings table).",
+    )
+    p.add_argument(
+        "command",
+        nargs="?",
+        choices=tuple(COMMANDS),
+        default="train",
+        help="train (default): the whole job",
     )
     p.add_argument("--env-file", type=Path, help="read settings from this file instead of ./.env")
     p.add_argument("--print-config", action="store_true", help="print the effective settings and exit")
@@ -50,11 +64,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(redacted(settings), indent=2))
         return int(ExitCode.OK)
 
-    from job.main import main  # heavy imports (torch, transformers) only when training
-
+    module, name = COMMANDS[args.command]
+    command = getattr(importlib.import_module(module), name)
     route_library_logs(settings.log_format)
     try:
-        main(settings)
+        command(settings)
     except JobError as exc:
         log.error(exc.event, error=exc.message, exit_code=int(exc.exit_code))
         return int(exc.exit_code)
