@@ -25,8 +25,9 @@ TEST_PREDICTIONS = "test_predictions.jsonl"
 _LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "tokenizers", "safetensors", "numpy")
 
 
-def prediction_rows(prediction: Prediction, spec: LabelSpec) -> Iterator[dict[str, Any]]:
-    """One dict per row, in source-row order: index, predicted label(s), score(s)."""
+def prediction_rows(prediction: Prediction, spec: LabelSpec, *, all_scores: bool = False) -> Iterator[dict[str, Any]]:
+    """One dict per row, in source-row order: index, predicted label(s), score(s);
+    `all_scores` adds every label's probability to single-label rows."""
     probs = metrics.probabilities(prediction.logits, spec)
     for position in np.argsort(prediction.index, kind="stable"):
         row: dict[str, Any] = {"index": int(prediction.index[position])}
@@ -39,7 +40,20 @@ def prediction_rows(prediction: Prediction, spec: LabelSpec) -> Iterator[dict[st
         else:
             best = int(p.argmax())
             row.update(label=spec.names[best], label_id=best, score=round(float(p[best]), 6))
+            if all_scores:
+                row["scores"] = {name: round(float(v), 6) for name, v in zip(spec.names, p, strict=True)}
         yield row
+
+
+def unpredicted_row(index: int, spec: LabelSpec, *, reason: str, all_scores: bool = False) -> dict[str, Any]:
+    """The line for a row that got no prediction: the keys of a predicted one, all null."""
+    if spec.problem_type == REGRESSION:
+        keys: tuple[str, ...] = ("score",)
+    elif spec.problem_type == MULTI:
+        keys = ("labels", "scores")
+    else:
+        keys = ("label", "label_id", "score", "scores") if all_scores else ("label", "label_id", "score")
+    return {"index": index, **dict.fromkeys(keys), "skipped": reason}
 
 
 def write_predictions(path: Path, prediction: Prediction, spec: LabelSpec) -> int:

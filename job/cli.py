@@ -1,6 +1,7 @@
 """Command line: `python -m job` (or `ftjob`). Configuration comes from FT_* variables.
 
 python -m job                   # train, evaluate, verify, publish
+python -m job predict           # score FT_DATASET with the saved model FT_MODEL, publish the predictions
 python -m job --print-config    # the effective settings, secrets redacted
 python -m job --env-file demo.env
 """
@@ -22,21 +23,23 @@ from job.settings import redacted
 # only when chosen, because torch and transformers take seconds to import.
 COMMANDS = {
     "train": ("job.main", "main"),
+    "predict": ("job.predict", "predict"),
 }
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ftjob",
-        description="Fine-tune a BERT-family text classifier. Configure it with FT_* environment "
-        "variables (see the README's settings table).",
+        description="Fine-tune a BERT-family text classifier, or score a dataset with one (predict). "
+        "Configure it with FT_* environment variables (see the README's settings table).",
     )
     p.add_argument(
         "command",
         nargs="?",
         choices=tuple(COMMANDS),
         default="train",
-        help="train (default): the whole job",
+        help="train (default): the whole job; predict: score FT_DATASET with the saved classifier FT_MODEL "
+        "and publish predictions.jsonl to FT_OUTPUT",
     )
     p.add_argument("--env-file", type=Path, help="read settings from this file instead of ./.env")
     p.add_argument("--print-config", action="store_true", help="print the effective settings and exit")

@@ -56,12 +56,8 @@ def clean(raw: RawSplits, settings: Settings) -> RawSplits:
         _require_columns(dataset, raw.names[role], settings, label_required=role != "test")
         total = len(dataset)
         dataset, dropped = _drop_empty_texts(_keep_used_columns(dataset, settings), settings)
-        if dataset and dropped > total * _MAX_EMPTY_SHARE:
-            # That many blanks means the wrong column or a broken export, not a few bad rows.
-            raise DataError(
-                f"{dropped} of {total} rows of split '{raw.names[role]}' have empty text in column "
-                f"'{settings.text_column}'; check FT_TEXT_COLUMN and the export, or remove those rows"
-            )
+        if dataset:
+            _check_empty_share(dropped, total, raw.names[role], settings)
         if dropped:
             raw.dropped[role] = dropped
             log.warning("data.rows_dropped", split=raw.names[role], rows=dropped, reason="empty or missing text")
@@ -72,6 +68,61 @@ def clean(raw: RawSplits, settings: Settings) -> RawSplits:
             )
         setattr(raw, role, dataset)
     return raw
+
+
+def load_split_to_score(settings: Settings) -> tuple[Dataset, str, str]:
+    """The split `python -m job predict` scores, its name, and where it came from."""
+    location = classify(settings.dataset, "FT_DATASET", what="dataset")
+    splits = _load(location, settings)
+    available = ", ".join(splits) or "none"
+    if settings.predict_split:
+        if settings.predict_split not in splits:
+            raise DataError(
+                f"split '{settings.predict_split}' is not in dataset {location} (it has: {available}); "
+                "set FT_PREDICT_SPLIT"
+            )
+        name = settings.predict_split
+    elif "test" in splits:
+        name = "test"
+    elif len(splits) == 1 or "train" in splits:
+        name = "train" if "train" in splits else next(iter(splits))
+    else:
+        raise DataError(
+            f"dataset {location} has no test or train split (it has: {available}); "
+            "set FT_PREDICT_SPLIT to the one to score"
+        )
+    log.info("data.splits", source=str(location), available=list(splits), predict_split=name)
+    return splits[name], name, str(location)
+
+
+def rows_to_score(dataset: Dataset, split: str, settings: Settings) -> tuple[Dataset, list[int]]:
+    """The text (pair, label) columns plus each row's index, and the indices of rows
+    without text: those are set aside, not dropped, so every source row keeps a line
+    in the predictions. Labels are optional here."""
+    _require_columns(dataset, split, settings, label_required=False)
+    if settings.predict_id_column and settings.predict_id_column not in dataset.column_names:
+        raise DataError(
+            f"column '{settings.predict_id_column}' is not in split '{split}' "
+            f"(columns: {', '.join(dataset.column_names)}); set FT_PREDICT_ID_COLUMN or unset it"
+        )
+    total = len(dataset)
+    if total == 0:
+        raise DataError(f"split '{split}' has no rows to score; check FT_DATASET and FT_PREDICT_SPLIT")
+    kept, dropped = _drop_empty_texts(_keep_used_columns(dataset, settings), settings)
+    _check_empty_share(dropped, total, split, settings)
+    if not dropped:
+        return kept, []
+    log.warning("data.rows_skipped", split=split, rows=dropped, reason="empty or missing text", effect="no prediction")
+    return kept, sorted(set(range(total)) - set(kept[INDEX]))
+
+
+def _check_empty_share(dropped: int, total: int, split: str, settings: Settings) -> None:
+    if dropped > total * _MAX_EMPTY_SHARE:
+        # That many blanks means the wrong column or a broken export, not a few bad rows.
+        raise DataError(
+            f"{dropped} of {total} rows of split '{split}' have empty text in column "
+            f"'{settings.text_column}'; check FT_TEXT_COLUMN and the export, or remove those rows"
+        )
 
 
 def _load(location: Location, settings: Settings) -> DatasetDict:

@@ -45,6 +45,15 @@ class LabelSpec:
         return cls(problem_type=data["problem_type"], names=tuple(data["names"]))
 
 
+def spec_of_model(config: Any) -> LabelSpec:
+    """The labels a saved classifier predicts, from its config: id2label in id order and
+    the problem type (models saved without one: one output is regression, more single-label)."""
+    problem_type = config.problem_type or (REGRESSION if config.num_labels == 1 else SINGLE)
+    if problem_type == REGRESSION:
+        return LabelSpec(REGRESSION)
+    return LabelSpec(problem_type, tuple(str(config.id2label[i]) for i in range(config.num_labels)))
+
+
 def build_spec(train: Dataset, settings: Settings) -> LabelSpec:
     feature = train.features[settings.label_column]
     problem_type = settings.problem_type if settings.problem_type != "auto" else _infer_problem_type(feature)

@@ -101,6 +101,36 @@ def load_model(path: Path, settings: Settings, labels: LabelSpec) -> PreTrainedM
         raise ConfigError(_load_failure(settings, "weights", exc)) from None
 
 
+def load_classifier(path: Path, config: PretrainedConfig, settings: Settings) -> PreTrainedModel:
+    """A fine-tuned classifier exactly as saved: its own head and labels, nothing re-initialised."""
+    architectures = config.architectures or []
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ConfigError(
+            f"FT_MODEL='{settings.model}' is a {', '.join(architectures)}, not a sequence classifier; point FT_MODEL "
+            "at a model trained by this job (its run folder, S3 prefix or Hub repo) or another fine-tuned "
+            "*ForSequenceClassification checkpoint"
+        )
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(path),
+            config=config,
+            use_safetensors=None if settings.allow_pickle_weights else True,
+            output_loading_info=True,
+            **_options(settings),
+        )
+    except Exception as exc:
+        raise ConfigError(_load_failure(settings, "weights", exc)) from None
+    missing = sorted(info["missing_keys"]) + sorted(k[0] for k in info["mismatched_keys"])
+    if missing:
+        # A head that is not in the file would be random: predictions would be noise.
+        raise ConfigError(
+            f"FT_MODEL='{settings.model}' has no trained weights for {', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}; it is not a fine-tuned classifier — point FT_MODEL at a "
+            "model trained by this job"
+        )
+    return model
+
+
 def max_length(settings: Settings, tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> int:
     """FT_MAX_LENGTH, or the model's limit; never more than the limit."""
     limits = []

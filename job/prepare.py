@@ -66,7 +66,7 @@ def prepare(settings: Settings, tokenizer: PreTrainedTokenizerBase, max_length: 
     if (target / META).is_file():
         log.info("data.cache_hit", path=str(target))
         return load_prepared(target)
-    with _transient_cache():
+    with transient_cache():
         splits, meta = _build(raw, settings, tokenizer, max_length)
     meta["fingerprint"] = key
     _save(splits, meta, target)
@@ -231,7 +231,7 @@ def _save(splits: dict[str, Dataset], meta: dict[str, Any], target: Path) -> Non
 
 
 @contextlib.contextmanager
-def _transient_cache() -> Iterator[None]:
+def transient_cache() -> Iterator[None]:
     """Intermediate map/filter results go to temp files, not the shared datasets cache:
     the prepared folder is the only cache worth keeping."""
     was_enabled = datasets.is_caching_enabled()

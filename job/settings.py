@@ -106,7 +106,8 @@ class Settings(BaseSettings):
         "run",
         "Where finished runs land: a local directory or `s3://bucket/prefix` (the run goes "
         "to `<FT_OUTPUT>/<run id>/`), or a Hub model repo `hf://org/name` (one commit per "
-        "run). Nothing is published until the saved model passes its reload check.",
+        "run). Nothing is published until the saved model passes its reload check. `python -m job predict` "
+        "publishes its predictions the same way.",
         default="./outputs",
         min_length=1,
     )
@@ -129,7 +130,8 @@ class Settings(BaseSettings):
     model: str = _field(
         "model",
         "Checkpoint to fine-tune: a Hub id (`org/name`) or a local folder saved with "
-        "`save_pretrained`. Any BERT-family encoder with a sequence-classification head.",
+        "`save_pretrained`. Any BERT-family encoder with a sequence-classification head. For "
+        "`python -m job predict`: the fine-tuned classifier to apply (a run's folder, S3 prefix or Hub repo).",
         min_length=1,
         allowed="a Hub model id (org/name) or a local model folder",
     )
@@ -167,7 +169,8 @@ class Settings(BaseSettings):
         "data",
         "Training data: a Hub dataset id (`imdb`, `glue`) or a local csv/json/jsonl/parquet "
         "file or directory (compressed files work). Splits come from file names "
-        "(`train.csv`, `validation.csv`, `test.csv`) or `FT_DATA_FILES`.",
+        "(`train.csv`, `validation.csv`, `test.csv`) or `FT_DATA_FILES`. For `python -m job predict`: "
+        "the rows to score.",
         min_length=1,
         allowed="a Hub dataset id or a local file or directory",
     )
@@ -246,7 +249,10 @@ class Settings(BaseSettings):
     )
     batch_size: int = _field("training", "Training batch size per device.", default=32, ge=1, le=65536)
     eval_batch_size: OptionalInt = _field(
-        "training", "Evaluation batch size per device. Default: 2 x `FT_BATCH_SIZE`.", default=None, ge=1
+        "training",
+        "Evaluation (and `predict`) batch size per device. Default: 2 x `FT_BATCH_SIZE`.",
+        default=None,
+        ge=1,
     )
     gradient_accumulation_steps: int = _field(
         "training", "Batches accumulated per optimizer step.", default=1, ge=1, le=4096
@@ -431,6 +437,26 @@ class Settings(BaseSettings):
         default=16,
         ge=1,
         le=4096,
+    )
+
+    # --- prediction (`python -m job predict`) ------------------------------------------
+    predict_split: OptionalStr = _field(
+        "prediction",
+        "Split of `FT_DATASET` to score with `python -m job predict`. Default: `test` if present, else the only "
+        "split, else `train`.",
+        default=None,
+    )
+    predict_all_scores: bool = _field(
+        "prediction",
+        "Add every label's probability (`scores`) to each prediction, not only the predicted label's "
+        "(multi-label predictions always have them).",
+        default=False,
+    )
+    predict_id_column: OptionalStr = _field(
+        "prediction",
+        "Column copied into each prediction as `id` (e.g. a document id), to join predictions back to the "
+        "source rows. Unset: rows are identified by `index`, their position in the split.",
+        default=None,
     )
 
     @model_validator(mode="after")

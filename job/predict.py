@@ -1,0 +1,230 @@
+"""Batch prediction: a saved classifier scores a dataset, and the predictions are
+published like a run, to `<FT_OUTPUT>/<FT_RUN_ID>/` with the completion manifest.
+
+    FT_MODEL=outputs/<run id> FT_DATASET=./new-reviews.csv FT_OUTPUT=./predictions python -m job predict
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+from job import artifacts, data, inference, labels, metrics, modeling
+from job.errors import DataError
+from job.files import write_json
+from job.labels import LABELS, LabelSpec
+from job.logs import get_logger
+from job.prepare import transient_cache
+from job.settings import Settings, redacted
+from job.storage import open_output
+from job.tokenization import length_stats, tokenize
+from job.training import Prediction, resolve_precision
+
+PREDICTIONS = "predictions.jsonl"
+PREDICT_MANIFEST = "predict_manifest.json"
+NO_TEXT = "no text"
+
+log = get_logger("job.predict")
+
+
+def predict(settings: Settings) -> dict[str, Any]:
+    """Score FT_DATASET with the classifier FT_MODEL and publish the predictions; returns
+    the summary it logs. Raises JobError subclasses on failure."""
+    started = time.time()
+    timings: dict[str, float] = {}
+    output = open_output(settings)
+    output.check_writable()  # before downloading a model and scoring, not after
+    if output.is_complete():
+        log.info("run.already_complete", location=output.location, effect="nothing to do")
+        return {"status": "already_complete", "location": output.location}
+    staging = settings.run_work_dir() / "predictions"
+    shutil.rmtree(staging, ignore_errors=True)  # a previous attempt's partial files
+    staging.mkdir(parents=True)
+    log.info("predict.started", model=settings.model, dataset=settings.dataset, output=output.location)
+
+    with _phase(timings, "load_model"):
+        model_path = modeling.resolve_model(settings)
+        config = modeling.load_config(model_path, settings)
+        spec = labels.spec_of_model(config)
+        trained = _training_record(model_path)
+        tokenizer = modeling.load_tokenizer(model_path, settings)
+        modeling.check_tokenizer_matches(tokenizer, config)
+        max_length = _max_length(settings, tokenizer, config, trained)
+        model = modeling.load_classifier(model_path, config, settings)
+    log.info(
+        "predict.model",
+        problem_type=spec.problem_type,
+        labels=list(spec.names),
+        trained_in_run=trained.get("run_id"),
+        max_length=max_length,
+    )
+
+    with _phase(timings, "load_data"):
+        raw, split, source = data.load_split_to_score(settings)
+        rows, skipped = data.rows_to_score(raw, split, settings)
+        rows, scored = _with_labels(rows, spec, settings, split)
+        ids = list(raw[settings.predict_id_column]) if settings.predict_id_column else None
+    with _phase(timings, "tokenize"), transient_cache():
+        tokenized = tokenize(
+            rows,
+            tokenizer,
+            text_column=settings.text_column,
+            pair_column=settings.text_pair_column,
+            max_length=max_length,
+            keep_text=False,
+        )
+
+    precision = resolve_precision(settings.mixed_precision)
+    batch_size = settings.eval_batch_size or 2 * settings.batch_size
+    workers = settings.dataloader_workers
+    if workers is None:
+        workers = 2 if torch.cuda.is_available() else 0
+    log.info("predict.scoring", rows=len(tokenized), split=split, batch_size=batch_size, precision=precision)
+    with _phase(timings, "predict"):
+        result = inference.score(
+            tokenized, model, tokenizer, batch_size=batch_size, precision=precision, workers=workers
+        )
+    prediction = Prediction(
+        logits=result.logits,
+        labels=np.asarray(tokenized[LABELS]) if scored else None,
+        index=list(tokenized[data.INDEX]),
+    )
+    report = metrics.report(prediction.logits, prediction.labels, spec) if prediction.labels is not None else None
+
+    with _phase(timings, "write"):
+        written = _write_predictions(
+            staging / PREDICTIONS, prediction, spec, skipped=skipped, ids=ids, all_scores=settings.predict_all_scores
+        )
+    timings["total_before_publish"] = time.time() - started
+    manifest = {
+        "run_id": settings.run_id,
+        "command": "predict",
+        "model": {
+            "ref": settings.model,
+            "revision": settings.model_revision,
+            "trained_in_run": trained.get("run_id"),
+            "labels": spec.to_json(),
+        },
+        "data": {
+            "source": source,
+            "split": split,
+            "rows": len(raw),
+            "predicted": len(tokenized),
+            "skipped_no_text": len(skipped),
+            "labelled": report is not None,
+            "max_length": max_length,
+            "token_lengths": length_stats(tokenized, max_length),
+        },
+        "inference": result.stats,
+        "metrics": report,
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "settings": redacted(settings),
+        "environment": artifacts.environment(),
+        "files": [PREDICTIONS, PREDICT_MANIFEST],
+    }
+    write_json(staging / PREDICT_MANIFEST, manifest)
+
+    with _phase(timings, "publish"):
+        location = output.publish(staging, message=f"{written} predictions by {settings.model}")
+    shutil.rmtree(staging, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        staging.parent.rmdir()  # the run's scratch folder, unless something else lives there
+
+    summary: dict[str, Any] = {
+        "status": "completed",
+        "location": location,
+        "predictions": f"{location.rstrip('/')}/{PREDICTIONS}",
+        "rows": written,
+        "skipped_no_text": len(skipped),
+        "rows_per_second": result.stats["rows_per_second"],
+        "padding_efficiency": result.stats["padding_efficiency"],
+        "wall_s": round(time.time() - started, 1),
+    }
+    if report is not None:
+        headline = metrics.default_metric(spec)
+        summary.update(metric=headline, value=report.get(headline))
+    log.info("predict.completed", **summary)
+    return summary
+
+
+@contextlib.contextmanager
+def _phase(timings: dict[str, float], name: str) -> Iterator[None]:
+    begin = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[name] = time.monotonic() - begin
+
+
+def _training_record(model_path: Path) -> dict[str, Any]:
+    """Run id and max length of the job run that trained the model, when it was this job."""
+    try:
+        manifest = json.loads((model_path / artifacts.RUN_MANIFEST).read_text())
+        return {"run_id": manifest.get("run_id"), "max_length": manifest.get("data", {}).get("max_length")}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _max_length(
+    settings: Settings, tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig, trained: dict[str, Any]
+) -> int:
+    """FT_MAX_LENGTH, else the length the model was trained and evaluated with, else its limit."""
+    limit = modeling.max_length(settings, tokenizer, config)
+    if settings.max_length is None and isinstance(trained.get("max_length"), int):
+        return min(limit, trained["max_length"])
+    return limit
+
+
+def _with_labels(rows: Dataset, spec: LabelSpec, settings: Settings, split: str) -> tuple[Dataset, bool]:
+    """Encode the label column when there is one the model's labels can score; else drop it.
+
+    Labels are a bonus here (metrics in the manifest), never a reason to fail or to drop rows.
+    """
+    if settings.label_column not in rows.column_names:
+        return rows, False
+    # Without FT_LABELS, labels the model does not know raise instead of dropping rows.
+    strict = settings.model_copy(update={"labels": None})
+    try:
+        encoded = labels.encode(rows, spec, strict, split=split, required=False)
+    except DataError as exc:
+        log.warning("predict.not_scored", split=split, reason=exc.message)
+        encoded = None
+    if encoded is None:
+        return rows.remove_columns(settings.label_column), False
+    return encoded, True
+
+
+def _write_predictions(
+    path: Path,
+    prediction: Prediction,
+    spec: LabelSpec,
+    *,
+    skipped: list[int],
+    ids: list[Any] | None,
+    all_scores: bool,
+) -> int:
+    """One line per source row, in source order: predicted rows and the rows without text."""
+    lines = heapq.merge(
+        artifacts.prediction_rows(prediction, spec, all_scores=all_scores),
+        (artifacts.unpredicted_row(i, spec, reason=NO_TEXT, all_scores=all_scores) for i in skipped),
+        key=lambda row: row["index"],
+    )
+    written = 0
+    with path.open("w") as handle:
+        for row in lines:
+            # The id goes right after the index, where a reader looks for it.
+            line = row if ids is None else {"index": row["index"], "id": ids[row["index"]], **row}
+            handle.write(json.dumps(line, default=str) + "\n")
+            written += 1
+    return written
