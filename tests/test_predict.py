@@ -177,6 +177,38 @@ def test_model_from_s3_and_predictions_to_s3(make_settings, s3, bucket: str, tra
     assert predict(settings)["status"] == "already_complete"
 
 
+@pytest.mark.parametrize("problem_type", ["multi_label_classification", "regression"])
+def test_multi_label_and_regression_heads_give_their_own_shape(
+    make_settings, tmp_path: Path, tiny_model: Path, problem_type: str
+) -> None:
+    """An untrained head is enough to check the shape and the maths: pipeline() is the reference."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    names = LABELS if problem_type != "regression" else ("value",)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_model), num_labels=len(names), id2label=dict(enumerate(names)), problem_type=problem_type
+    )
+    folder = tmp_path / "classifier"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(tiny_model)).save_pretrained(folder)
+    texts = [r["text"] for r in rows("multiclass", 12, seed=3)]
+    data = write(tmp_path / "rows.csv", [{"text": t} for t in texts])
+
+    out = Path(predict(make_settings(model=str(folder), dataset=str(data)))["location"])
+    predictions = read_jsonl(out / PREDICTIONS)
+    reference = pipeline("text-classification", model=str(folder), device="cpu", top_k=None)(texts)
+    for p, expected in zip(predictions, reference, strict=True):
+        scores = {e["label"]: e["score"] for e in expected}
+        if problem_type == "regression":
+            assert set(p) == {"index", "score"} and p["score"] == pytest.approx(scores["value"], abs=1e-4)
+        else:
+            assert list(p["scores"]) == list(LABELS)
+            np.testing.assert_allclose([p["scores"][n] for n in LABELS], [scores[n] for n in LABELS], atol=1e-4)
+            assert p["labels"] == [n for n in LABELS if p["scores"][n] > 0.5]
+
+
 def not_a_classifier(tmp: Path, trained: Trained, base: Path) -> dict[str, str]:
     return {"FT_MODEL": str(base)}
 
