@@ -57,13 +57,14 @@ def locate(settings: Settings) -> Checkpoints:
     return Checkpoints(local=root / settings.run_id, remote=None)
 
 
-def check_writable(checkpoints: Checkpoints, settings: Settings) -> None:
+def check_writable(checkpoints: Checkpoints, settings: Settings, *, dry_run: bool = False) -> None:
+    """A dry run leaves nothing behind (the S3 probe is deleted either way)."""
     if checkpoints.remote:
         from job.storage.s3 import check_writable as check_s3
 
         check_s3(checkpoints.remote, settings, variable="FT_CHECKPOINT_DIR")
         return
-    ensure_writable_dir(checkpoints.local, "FT_CHECKPOINT_DIR")
+    ensure_writable_dir(checkpoints.local, "FT_CHECKPOINT_DIR", dry_run=dry_run)
 
 
 def complete(folder: Path) -> list[Path]:

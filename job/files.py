@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,13 +33,25 @@ def file_listing(folder: Path) -> list[dict[str, Any]]:
     ]
 
 
-def ensure_writable_dir(path: Path, variable: str) -> None:
-    """Create `path` if needed and check this user may write there; StorageError naming `variable` if not."""
+def ensure_writable_dir(path: Path, variable: str, *, dry_run: bool = False) -> None:
+    """Create `path` if needed and check this user may write there; StorageError naming `variable` if not.
+
+    A dry run creates the folders too (the only honest test of the permission) and then
+    removes the ones it created.
+    """
     from job.errors import StorageError
 
+    created = [p for p in (path, *path.parents) if not p.exists()] if dry_run else []  # deepest first
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"{variable}: cannot create {path} ({exc.strerror}); choose a writable directory") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise StorageError(f"{variable}: {path} is not writable by this user; choose a writable directory")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"{variable}: cannot create {path} ({exc.strerror}); choose a writable directory"
+            ) from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise StorageError(f"{variable}: {path} is not writable by this user; choose a writable directory")
+    finally:
+        for folder in created:
+            with contextlib.suppress(OSError):  # not empty: someone else wrote there meanwhile
+                folder.rmdir()

@@ -11,18 +11,21 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
+from transformers import PreTrainedTokenizerBase
 
 from job import artifacts, card, checkpoints, launch, modeling, promotion
+from job.checkpoints import Checkpoints
 from job.errors import ConfigError, NotPromoted, Preempted
 from job.files import write_json
 from job.logs import get_logger
 from job.preemption import STOP_FILE, StopRequest
-from job.prepare import prepare
+from job.prepare import PreparedData, prepare
 from job.settings import Settings
-from job.storage import open_output
+from job.storage import Output, open_output
 from job.topology import Topology, discover
 from job.verify import verify_saved_model
 
@@ -61,16 +64,32 @@ def main(settings: Settings) -> dict[str, Any]:
         return _run(settings, topology, timings, stop)
 
 
-def _run(settings: Settings, topology: Topology, timings: _Timings, stop: StopRequest) -> dict[str, Any]:
+def preflight(settings: Settings, topology: Topology, *, dry_run: bool = False) -> tuple[Output, Checkpoints]:
+    """Fail before any download or training when the run could not finish: settings that
+    depend on each other, then write access to the output and the checkpoints (a dry run
+    leaves nothing there)."""
     if topology.nnodes > 1 and "run_id" not in settings.model_fields_set:
         raise ConfigError("a multi-node run needs FT_RUN_ID, set to the same value on every node")
-
     promotion.check_supported(settings)
     output = open_output(settings)
     saved = checkpoints.locate(settings)
     if topology.is_main_node:
-        output.check_writable()  # before hours of training, not after
-        checkpoints.check_writable(saved, settings)
+        output.check_writable(dry_run=dry_run)  # before hours of training, not after
+        checkpoints.check_writable(saved, settings, dry_run=dry_run)
+    return output, saved
+
+
+def load_inputs(settings: Settings) -> tuple[Path, PreTrainedTokenizerBase, PreparedData]:
+    """The model folder, its tokenizer and the tokenized splits (cached per node)."""
+    model_path = modeling.resolve_model(settings)
+    config = modeling.load_config(model_path, settings)
+    tokenizer = modeling.load_tokenizer(model_path, settings)
+    modeling.check_tokenizer_matches(tokenizer, config)
+    return model_path, tokenizer, prepare(settings, tokenizer, modeling.max_length(settings, tokenizer, config))
+
+
+def _run(settings: Settings, topology: Topology, timings: _Timings, stop: StopRequest) -> dict[str, Any]:
+    output, saved = preflight(settings, topology)
     if output.is_complete():
         log.info("run.already_complete", location=output.location, effect="nothing to do")
         return {"status": "already_complete", "location": output.location}
@@ -82,11 +101,7 @@ def _run(settings: Settings, topology: Topology, timings: _Timings, stop: StopRe
     log.info("run.started", model=settings.model, dataset=settings.dataset, output=output.location, work_dir=str(work))
 
     with timings.phase("prepare"):
-        model_path = modeling.resolve_model(settings)
-        config = modeling.load_config(model_path, settings)
-        tokenizer = modeling.load_tokenizer(model_path, settings)
-        modeling.check_tokenizer_matches(tokenizer, config)
-        prepared = prepare(settings, tokenizer, modeling.max_length(settings, tokenizer, config))
+        model_path, _, prepared = load_inputs(settings)
 
     resume = checkpoints.restore(saved, settings)
     if stop.requested:

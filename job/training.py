@@ -93,6 +93,14 @@ def best_model_metric(settings: Settings, spec: LabelSpec) -> str:
     return metric
 
 
+def out_of_memory(settings: Settings, max_length: int) -> TrainingError:
+    return TrainingError(
+        f"out of memory at FT_BATCH_SIZE={settings.batch_size} and FT_MAX_LENGTH={max_length}; "
+        "lower FT_BATCH_SIZE (raise FT_GRADIENT_ACCUMULATION_STEPS to keep the effective batch) "
+        "or FT_MAX_LENGTH"
+    )
+
+
 def train_and_evaluate(
     settings: Settings,
     prepared: PreparedData,
@@ -154,11 +162,7 @@ def train_and_evaluate(
     try:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except torch.OutOfMemoryError:
-        raise TrainingError(
-            f"out of memory at FT_BATCH_SIZE={settings.batch_size} and FT_MAX_LENGTH={prepared.max_length}; "
-            "lower FT_BATCH_SIZE (raise FT_GRADIENT_ACCUMULATION_STEPS to keep the effective batch) "
-            "or FT_MAX_LENGTH"
-        ) from None
+        raise out_of_memory(settings, prepared.max_length) from None
 
     mark = time.monotonic()
     validation = _predict(trainer, prepared.validation, "eval")

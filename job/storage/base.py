@@ -14,8 +14,8 @@ class Output(Protocol):
     location: str  # where the finished run lives, for people and logs
     model_ref: str  # what to pass to from_pretrained / pipeline
 
-    def check_writable(self) -> None:
-        """Fail now, before training, if publishing would fail later."""
+    def check_writable(self, *, dry_run: bool = False) -> None:
+        """Fail now, before training, if publishing would fail later; a dry run leaves nothing behind."""
 
     def is_complete(self) -> bool:
         """This run id was already published in full."""

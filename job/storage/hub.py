@@ -75,21 +75,44 @@ class HubOutput:
                 f"FT_OUTPUT={self.location}: cannot reach {self.endpoint} ({exc}); check HF_ENDPOINT and the network"
             ) from None
 
-    def check_writable(self) -> None:
+    def check_writable(self, *, dry_run: bool = False) -> None:
         if not self.token:
             raise StorageError(
                 f"FT_OUTPUT={self.location}: publishing to the Hub needs a token; set HF_TOKEN to a token with "
                 "write access"
             )
         with self._translated():
-            self.api.whoami()
+            me = self.api.whoami()
+            if dry_run:  # creating the repo or branch would leave them behind
+                self._check_rights(me)
+                return
             self.api.create_repo(self.repo_id, private=self.private, exist_ok=True, repo_type="model")
             if self.revision:
                 self.api.create_branch(self.repo_id, branch=self.revision, exist_ok=True)
 
+    def _check_rights(self, me: dict[str, Any]) -> None:
+        """What creating the repo would refuse, read from the token's own description.
+        Fine-grained tokens list their rights per repo: those are left to the real run."""
+        role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+        namespace = self.repo_id.split("/")[0]
+        members = {me.get("name"), *(org.get("name") for org in me.get("orgs") or [])}
+        if role == "read" or (role == "write" and namespace not in members):
+            reason = "a read-only token" if role == "read" else f"the token's user is not a member of '{namespace}'"
+            raise StorageError(
+                f"FT_OUTPUT={self.location}: HF_TOKEN may not write to {self.repo_id} ({reason}); use a token "
+                f"with write access to '{namespace}'"
+            )
+
     def is_complete(self) -> bool:
+        from huggingface_hub.errors import HfHubHTTPError
+
         with self._translated():
-            commits = self.api.list_repo_commits(self.repo_id, revision=self.revision or "main")
+            try:
+                commits = self.api.list_repo_commits(self.repo_id, revision=self.revision or "main")
+            except HfHubHTTPError as exc:
+                if exc.response is not None and exc.response.status_code == 404:
+                    return False  # no repo or branch yet (a dry run does not create them): nothing published
+                raise
         return any(c.title.startswith(commit_marker(self.run_id)) for c in commits)
 
     def publish(self, staging: Path, *, message: str) -> str:

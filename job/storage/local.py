@@ -22,8 +22,8 @@ class LocalOutput:
     def is_complete(self) -> bool:
         return (self.final / COMPLETE).is_file()
 
-    def check_writable(self) -> None:
-        ensure_writable_dir(self.root, "FT_OUTPUT")
+    def check_writable(self, *, dry_run: bool = False) -> None:
+        ensure_writable_dir(self.root, "FT_OUTPUT", dry_run=dry_run)
 
     def publish(self, staging: Path, *, message: str) -> str:
         files = file_listing(staging)

@@ -205,7 +205,11 @@ def _safe_join(root: Path, relative: str, where: str) -> Path:
 
 
 def check_writable(uri: str, settings: Settings, *, variable: str) -> None:
-    """Write and delete a probe object under `uri`: fails now, not after hours of training."""
+    """Write and delete a probe object under `uri`: fails now, not after hours of training.
+
+    Nothing stays behind, except in a versioned bucket, which keeps the deleted probe as
+    a noncurrent version (lifecycle rules expire those).
+    """
     bucket, prefix = parse_uri(uri, variable)
     probe = f"{prefix.rstrip('/')}/.ftjob-write-check" if prefix.strip("/") else ".ftjob-write-check"
     s3 = client(settings)
@@ -236,8 +240,8 @@ class S3Output:
     def _translated(self) -> contextlib.AbstractContextManager[None]:
         return translated("FT_OUTPUT", self.location, writing=True)
 
-    def check_writable(self) -> None:
-        check_writable(self.location, self.settings, variable="FT_OUTPUT")
+    def check_writable(self, *, dry_run: bool = False) -> None:
+        check_writable(self.location, self.settings, variable="FT_OUTPUT")  # its probe is deleted either way
 
     def is_complete(self) -> bool:
         from botocore.exceptions import ClientError
