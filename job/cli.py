@@ -1,6 +1,7 @@
 """Command line: `python -m job` (or `ftjob`). Configuration comes from FT_* variables.
 
 python -m job                   # train, evaluate, verify, publish
+python -m job check             # dry run: settings, access, data report, duration estimate
 python -m job predict           # score FT_DATASET with the saved model FT_MODEL, publish the predictions
 python -m job --print-config    # the effective settings, secrets redacted
 python -m job --env-file demo.env
@@ -23,6 +24,7 @@ from job.settings import redacted
 # only when chosen, because torch and transformers take seconds to import.
 COMMANDS = {
     "train": ("job.main", "main"),
+    "check": ("job.check", "check"),
     "predict": ("job.predict", "predict"),
 }
 
@@ -38,8 +40,10 @@ def parser() -> argparse.ArgumentParser:
         nargs="?",
         choices=tuple(COMMANDS),
         default="train",
-        help="train (default): the whole job; predict: score FT_DATASET with the saved classifier FT_MODEL "
-        "and publish predictions.jsonl to FT_OUTPUT",
+        help="train (default): the whole job; check: a dry run that fails where the run would, reports the "
+        "data, labels, token lengths and planned steps, and estimates the run's duration, writing nothing to "
+        "FT_OUTPUT; predict: score FT_DATASET with the saved classifier FT_MODEL and publish predictions.jsonl "
+        "to FT_OUTPUT",
     )
     p.add_argument("--env-file", type=Path, help="read settings from this file instead of ./.env")
     p.add_argument("--print-config", action="store_true", help="print the effective settings and exit")

@@ -8,7 +8,11 @@
 # One task per node runs the job's launcher, which reads its rank from Slurm, fetches
 # and tokenizes the data once for its node, and starts one training process per GPU;
 # the first node of the allocation hosts the rendezvous, verifies and publishes.
-# Check the settings without using GPU time first:  FT_MAX_STEPS=2 sbatch --nodes=1 ...
+# Check first:  FTJOB_CHECK=1 sbatch slurm/train.sh  runs the dry run (`python -m job check`)
+# on the first node before training: the job stops there with the run's exit code if the
+# settings, data, model or output would fail, and its log shows the data report, the
+# planned steps and an estimate of the duration. FTJOB_CHECK=only stops after the check.
+# It writes nothing to FT_OUTPUT or FT_CHECKPOINT_DIR.
 #
 #SBATCH --job-name=ftjob
 #SBATCH --nodes=2                 # EDIT: number of nodes
@@ -28,6 +32,7 @@ set -euo pipefail
 # with `make install` on a filesystem every node sees.
 FTJOB_IMAGE="${FTJOB_IMAGE:-}"                       # e.g. registry.example.com/ftjob:0.1.0
 FTJOB_VENV="${FTJOB_VENV:-$HOME/ftjob/.venv}"
+FTJOB_CHECK="${FTJOB_CHECK:-0}"                     # 1: dry run first; only: just the dry run
 
 # --- EDIT: the run --------------------------------------------------------------------
 export FT_MODEL="${FT_MODEL:-bert-base-uncased}"
@@ -57,8 +62,20 @@ if [[ -n "${FTJOB_IMAGE}" ]]; then
     fi
     launcher=(srun --kill-on-bad-exit=1 --wait=60 --container-image="${FTJOB_IMAGE}"
               --container-mounts="${mounts}" --container-env=ALL ftjob)
+    checker=(srun --nodes=1 --ntasks=1 --container-image="${FTJOB_IMAGE}"
+             --container-mounts="${mounts}" --container-env=ALL ftjob check)
 else
     launcher=(srun --kill-on-bad-exit=1 --wait=60 "${FTJOB_VENV}/bin/python" -m job)
+    checker=(srun --nodes=1 --ntasks=1 "${FTJOB_VENV}/bin/python" -m job check)
+fi
+
+if [[ ${FTJOB_CHECK} != 0 ]]; then
+    # One task on the first node, planning the steps for every node of the allocation
+    # (or for FT_NUM_NODES: `FTJOB_CHECK=only FT_NUM_NODES=4 sbatch --nodes=1 ...`).
+    FT_NUM_NODES="${FT_NUM_NODES:-${SLURM_JOB_NUM_NODES:-1}}" "${checker[@]}" || exit $?
+    if [[ ${FTJOB_CHECK} == only ]]; then
+        exit 0
+    fi
 fi
 
 # The time-limit warning (--signal above), `scancel --signal=TERM --batch` and preemption

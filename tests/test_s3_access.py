@@ -102,3 +102,18 @@ def test_the_read_only_identity_can_read(make_settings, clean_env, iam_endpoint,
         "s3://locked/data", make_settings(dataset="s3://locked/data"), variable="FT_DATASET", data_only=True
     )
     assert (mirror / "train.csv").read_bytes() == b"text,label\na,0\nb,1\n"
+
+
+def test_the_dry_run_refuses_the_read_only_identity_like_the_run(
+    make_settings, clean_env, iam_endpoint, tmp_path: Path
+) -> None:
+    from job.check import check
+
+    as_user(clean_env, iam_endpoint, "reader")
+    settings = make_settings(dataset=str(write(tmp_path / "t.csv", rows("binary", 20))), output="s3://locked/runs")
+    with pytest.raises(StorageError) as caught:
+        check(settings)
+    assert caught.value.message == (
+        "FT_OUTPUT=s3://locked/runs/test-run/: access denied; grant this identity s3:PutObject, "
+        "s3:DeleteObject and s3:ListBucket on it"
+    )

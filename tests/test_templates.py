@@ -124,3 +124,17 @@ def test_scripts_parse_and_pass_shellcheck(script: Path) -> None:
     assert run("bash", "-n", str(script)).returncode == 0
     result = run(tool("shellcheck"), str(script))
     assert result.returncode == 0, result.stdout
+
+
+def test_the_dry_run_variant_of_the_job_is_valid() -> None:
+    """k8s/job.yaml's header shows how to run `check` first: the same Job with its
+    commented `args` line switched on, by the sed command given there."""
+    rendered = run(str(ROOT / "k8s" / "render.sh"), "ftjob-check", "registry.example/ftjob:9")
+    assert rendered.returncode == 0, rendered.stderr
+    dry = run("sed", r's/# args: \["check"\]/args: ["check"]/', stdin=rendered.stdout)
+    assert dry.returncode == 0, dry.stderr
+    valid = run(tool("kubernetes-validate"), "--strict", "-", stdin=dry.stdout)
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    job = next(d for d in yaml.safe_load_all(dry.stdout) if d and d["kind"] == "Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["check"]
+    assert "args" not in documents(ROOT / "k8s" / "job.yaml")[1]["spec"]["template"]["spec"]["containers"][0]
