@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from job.charts import CONFUSION_MATRIX, PREDICTION_SCATTER, TRAINING_CURVES
 from job.labels import MULTI, REGRESSION
 from job.locations import classify
 from job.settings import Settings
+from job.trackers import TENSORBOARD_DIR
 
 _SHOWN_METRICS = {
     "single_label_classification": ("accuracy", "f1", "f1_macro", "precision", "recall", "mcc", "loss"),
@@ -20,6 +22,7 @@ def render(settings: Settings, document: dict[str, Any], manifest: dict[str, Any
     problem = document["problem_type"]
     data = manifest["data"]
     training = manifest["training"]
+    files = set(manifest["files"])  # the charts that were drawn; a failed one is left out
     lines = [
         *_front_matter(settings, document),
         f"# {settings.run_id}",
@@ -44,6 +47,7 @@ def render(settings: Settings, document: dict[str, Any], manifest: dict[str, Any
     ]
     if problem != REGRESSION:
         lines += _label_table(document)
+    lines += _prediction_chart(problem, files)
     lines += [
         "## Usage",
         "",
@@ -77,7 +81,44 @@ def render(settings: Settings, document: dict[str, Any], manifest: dict[str, Any
         "losses are in `train_log.jsonl`.",
         "",
     ]
+    if TENSORBOARD_DIR in files:
+        lines += [f"TensorBoard event files are in `{TENSORBOARD_DIR}/`: `tensorboard --logdir {TENSORBOARD_DIR}`.", ""]
+    if TRAINING_CURVES in files:
+        lines += [
+            "## Training curves",
+            "",
+            f"![Training curves: loss, validation {document['headline']['metric']}, learning rate "
+            f"by optimizer step]({TRAINING_CURVES})",
+            "",
+            "The star marks the evaluation that chose the published checkpoint.",
+            "",
+        ]
     return "\n".join(lines)
+
+
+def _prediction_chart(problem: str, files: set[str]) -> list[str]:
+    if problem == REGRESSION and PREDICTION_SCATTER in files:
+        return [
+            "## Predicted vs true",
+            "",
+            f"![Validation predictions against true values]({PREDICTION_SCATTER})",
+            "",
+        ]
+    if problem != REGRESSION and CONFUSION_MATRIX in files:
+        how = (
+            "one matrix per label: rows true, columns predicted"
+            if problem == MULTI
+            else "rows: true label, columns: predicted label"
+        )
+        return [
+            "## Confusion matrix",
+            "",
+            f"![Validation confusion matrix]({CONFUSION_MATRIX})",
+            "",
+            f"On the validation split; {how}; colour: share of the true label's rows.",
+            "",
+        ]
+    return []
 
 
 def _front_matter(settings: Settings, document: dict[str, Any]) -> list[str]:

@@ -14,12 +14,16 @@ from pydantic import SecretStr, ValidationError
 from job.errors import ConfigError
 from job.settings import Settings, env_name, unknown_prefixed_variables
 
-# Values of these variables are masked wherever they would be logged.
+# Values of these variables are masked wherever they would be logged, and withheld from
+# training workers (job/launch.py).
 SECRET_VARIABLES = ("HF_TOKEN", "FT_HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+# Experiment trackers' credentials (FT_REPORT_TO): masked too, but workers keep them,
+# because rank 0, a worker in a multi-process run, is the one that reports.
+TRACKER_SECRET_VARIABLES = ("WANDB_API_KEY", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "DATABRICKS_TOKEN")
 
 
 def secret_values(settings: Settings | None) -> list[str]:
-    values = [os.environ.get(name, "") for name in SECRET_VARIABLES]
+    values = [os.environ.get(name, "") for name in (*SECRET_VARIABLES, *TRACKER_SECRET_VARIABLES)]
     if settings is not None and settings.hf_token is not None:
         values.append(settings.hf_token.get_secret_value())
     return [v for v in values if len(v) >= 6]

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from transformers import PreTrainedTokenizerBase
 
-from job import artifacts, card, checkpoints, launch, modeling, promotion
+from job import artifacts, card, charts, checkpoints, launch, modeling, promotion, trackers
 from job.checkpoints import Checkpoints
 from job.errors import ConfigError, NotPromoted, Preempted
 from job.files import write_json
@@ -71,6 +71,7 @@ def preflight(settings: Settings, topology: Topology, *, dry_run: bool = False) 
     if topology.nnodes > 1 and "run_id" not in settings.model_fields_set:
         raise ConfigError("a multi-node run needs FT_RUN_ID, set to the same value on every node")
     promotion.check_supported(settings)
+    trackers.check_available(settings)
     output = open_output(settings)
     saved = checkpoints.locate(settings)
     if topology.is_main_node:
@@ -118,6 +119,9 @@ def _run(settings: Settings, topology: Topology, timings: _Timings, stop: StopRe
     write_json(staging / artifacts.METRICS, document)
     if outcome.test is not None:
         artifacts.write_predictions(staging / artifacts.TEST_PREDICTIONS, outcome.test, prepared.labels)
+    if settings.charts:
+        with timings.phase("charts"):
+            charts.draw(staging, outcome.validation, prepared.labels, metric=outcome.best_metric)
 
     with timings.phase("verify"):
         verification = verify_saved_model(

@@ -10,7 +10,7 @@ import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -63,12 +63,25 @@ def _split_mapping(value: Any) -> Any:
     return mapping
 
 
+Tracker = Literal["tensorboard", "mlflow", "wandb"]
+TRACKERS: tuple[str, ...] = get_args(Tracker)
+
+
+def _split_trackers(value: Any) -> Any:
+    """`tensorboard,mlflow` -> ["tensorboard", "mlflow"]; `none` (the Trainer's word) or blank -> None."""
+    if isinstance(value, str):
+        items = [item.strip().lower() for item in value.split(",") if item.strip()]
+        value = None if items in ([], ["none"]) else items
+    return list(dict.fromkeys(value)) if value else None
+
+
 def _blank_to_none(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else value
 
 
 CommaList = Annotated[list[str] | None, NoDecode, BeforeValidator(_split_list)]
 SplitMapping = Annotated[dict[str, str] | None, NoDecode, BeforeValidator(_split_mapping)]
+TrackerList = Annotated[list[Tracker] | None, NoDecode, BeforeValidator(_split_trackers)]
 OptionalStr = Annotated[str | None, BeforeValidator(_blank_to_none)]
 OptionalInt = Annotated[int | None, BeforeValidator(_blank_to_none)]
 OptionalFloat = Annotated[float | None, BeforeValidator(_blank_to_none)]
@@ -457,6 +470,24 @@ class Settings(BaseSettings):
         "Column copied into each prediction as `id` (e.g. a document id), to join predictions back to the "
         "source rows. Unset: rows are identified by `index`, their position in the split.",
         default=None,
+    )
+
+    # --- reporting --------------------------------------------------------------------
+    charts: bool = _field(
+        "reporting",
+        "Draw `training_curves.png` and `confusion_matrix.png` (regression: `prediction_scatter.png`) "
+        "beside the metrics and show them in the model card. A chart that fails to draw is logged "
+        "and left out; it never fails the run.",
+        default=True,
+    )
+    report_to: TrackerList = _field(
+        "reporting",
+        "Experiment trackers the Trainer reports losses and metrics to: `tensorboard` (offline; event "
+        "files published with the model under `tensorboard/`), `mlflow`, `wandb` (configured by their "
+        "own variables, e.g. `MLFLOW_TRACKING_URI`, `WANDB_PROJECT`). Each needs its extra: "
+        "`pip install 'ftjob[tensorboard]'`. Unset: none.",
+        default=None,
+        allowed=f"comma-separated tracker names: {', '.join(TRACKERS)} (or none)",
     )
 
     @model_validator(mode="after")

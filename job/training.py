@@ -27,7 +27,7 @@ from transformers import (
     set_seed,
 )
 
-from job import metrics
+from job import metrics, trackers
 from job.checkpoints import CheckpointCallback
 from job.errors import ConfigError, TrainingError
 from job.files import write_json
@@ -128,6 +128,7 @@ def train_and_evaluate(
         ProgressLog(staging / TRAIN_LOG),
         NonFiniteLossGuard(),
         CheckpointCallback(stop, save_steps=settings.save_steps, run_id=settings.run_id),
+        *trackers.callbacks(settings, staging),
     ]
     if settings.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience))
@@ -231,7 +232,8 @@ def _arguments(settings: Settings, checkpoints: Path, precision: str, metric: st
         logging_first_step=True,
         logging_nan_inf_filter=False,  # the default hides NaN losses; the guard must see them
         disable_tqdm=True,
-        report_to="none",
+        report_to=trackers.report_to(settings) or "none",
+        run_name=settings.run_id,  # the run's name in MLflow and W&B
         dataloader_num_workers=workers,
         dataloader_pin_memory=cuda,
         dataloader_persistent_workers=workers > 0,
