@@ -79,12 +79,69 @@ def _blank_to_none(value: Any) -> Any:
     return None if isinstance(value, str) and not value.strip() else value
 
 
+def _numbers(value: Any, kind: type[float] | type[int]) -> list[Any] | None:
+    if value is None:
+        return None
+    items = [p.strip() for p in value.split(",")] if isinstance(value, str) else list(value)
+    items = [item for item in items if item != ""]
+    if not items:
+        return None
+    numbers = []
+    for item in items:
+        try:
+            numbers.append(kind(item))
+        except (TypeError, ValueError):
+            raise ValueError(f"'{item}' is not {'an integer' if kind is int else 'a number'}") from None
+    return numbers
+
+
+def _search_range(
+    kind: type[float] | type[int], low: float, high: float, *, open_low: bool = False, open_high: bool = False
+) -> Any:
+    """`low,high` -> (low, high), within the bounds, low below high; empty: not searched."""
+
+    def parse(value: Any) -> Any:
+        numbers = _numbers(value, kind)
+        if numbers is None:
+            return None
+        if len(numbers) != 2:
+            raise ValueError(f"give two values, low,high (got {len(numbers)})")
+        for number in numbers:
+            above = low < number if open_low else low <= number
+            below = number < high if open_high else number <= high
+            if not (above and below):
+                raise ValueError(f"{number:g} is out of bounds")
+        if not numbers[0] < numbers[1]:
+            raise ValueError(f"the low end {numbers[0]:g} must be below the high end {numbers[1]:g}")
+        return tuple(numbers)
+
+    return BeforeValidator(parse)
+
+
+def _search_choices(value: Any) -> Any:
+    """`16,32` -> (16, 32): distinct batch sizes; empty: not searched."""
+    numbers = _numbers(value, int)
+    if numbers is None:
+        return None
+    if any(not 1 <= n <= 65536 for n in numbers):
+        raise ValueError("each batch size must be between 1 and 65536")
+    if len(set(numbers)) != len(numbers):
+        raise ValueError("a batch size is listed twice")
+    return tuple(numbers)
+
+
 CommaList = Annotated[list[str] | None, NoDecode, BeforeValidator(_split_list)]
 SplitMapping = Annotated[dict[str, str] | None, NoDecode, BeforeValidator(_split_mapping)]
 TrackerList = Annotated[list[Tracker] | None, NoDecode, BeforeValidator(_split_trackers)]
 OptionalStr = Annotated[str | None, BeforeValidator(_blank_to_none)]
 OptionalInt = Annotated[int | None, BeforeValidator(_blank_to_none)]
 OptionalFloat = Annotated[float | None, BeforeValidator(_blank_to_none)]
+# Hyperparameter search ranges: `low,high` (or a list of choices); empty: not searched.
+LearningRateRange = Annotated[tuple[float, float] | None, NoDecode, _search_range(float, 0, 1, open_low=True)]
+EpochRange = Annotated[tuple[int, int] | None, NoDecode, _search_range(int, 1, 1000)]
+WarmupRange = Annotated[tuple[float, float] | None, NoDecode, _search_range(float, 0, 1, open_high=True)]
+WeightDecayRange = Annotated[tuple[float, float] | None, NoDecode, _search_range(float, 0, 1)]
+BatchSizeChoices = Annotated[tuple[int, ...] | None, NoDecode, BeforeValidator(_search_choices)]
 
 
 def _field(group: str, description: str, *, allowed: str | None = None, **kwargs: Any) -> Any:
@@ -316,6 +373,54 @@ class Settings(BaseSettings):
         "training", "Data-loading worker processes. Default: 2 on GPU, 0 on CPU.", default=None, ge=0, le=64
     )
 
+    # --- search -----------------------------------------------------------------------
+    search_trials: int = _field(
+        "search",
+        "Hyperparameter search: before the final training, train this many trials (Optuna's TPE "
+        "sampler, seeded by `FT_SEED`) over the `FT_SEARCH_*` ranges, each scored by the best-model "
+        "metric on the evaluation split; the final run then uses the best trial's values. 0: no "
+        "search. Needs the `hpo` extra (optuna); one node only.",
+        default=0,
+        ge=0,
+        le=10000,
+    )
+    search_timeout: OptionalInt = _field(
+        "search",
+        "Start no new trial once the trials have taken this many seconds in all. Unset: no limit.",
+        default=None,
+        ge=1,
+    )
+    search_learning_rate: LearningRateRange = _field(
+        "search",
+        "Range searched for `FT_LEARNING_RATE`, on a log scale. Empty: `FT_LEARNING_RATE` is kept.",
+        default="1e-5,1e-4",
+        allowed="low,high with 0 < low < high <= 1, or empty",
+    )
+    search_batch_size: BatchSizeChoices = _field(
+        "search",
+        "Values tried for `FT_BATCH_SIZE`. Empty: `FT_BATCH_SIZE` is kept.",
+        default="16,32",
+        allowed="comma-separated distinct integers from 1 to 65536, or empty",
+    )
+    search_epochs: EpochRange = _field(
+        "search",
+        "Range of whole epochs searched for `FT_EPOCHS`. Empty: `FT_EPOCHS` is kept (needed with `FT_MAX_STEPS`).",
+        default="1,4",
+        allowed="low,high integers with 1 <= low < high <= 1000, or empty",
+    )
+    search_warmup_ratio: WarmupRange = _field(
+        "search",
+        "Range searched for `FT_WARMUP_RATIO`. Empty: `FT_WARMUP_RATIO` is kept.",
+        default="0,0.2",
+        allowed="low,high with 0 <= low < high < 1, or empty",
+    )
+    search_weight_decay: WeightDecayRange = _field(
+        "search",
+        "Range searched for `FT_WEIGHT_DECAY`. Empty: `FT_WEIGHT_DECAY` is kept.",
+        default="0,0.1",
+        allowed="low,high with 0 <= low < high <= 1, or empty",
+    )
+
     # --- distributed ------------------------------------------------------------------
     procs_per_node: OptionalInt = _field(
         "distributed",
@@ -507,6 +612,8 @@ class Settings(BaseSettings):
                     f"FT_CHECKPOINT_DIR='{self.checkpoint_dir}' uses the unsupported scheme '{scheme}://'; "
                     "use a local or shared path, or s3://bucket/prefix"
                 )
+        if self.search_trials:
+            self._check_search()
         if self.metric_for_best_model is not None:
             known = CLASSIFICATION_METRICS + MULTI_LABEL_METRICS + REGRESSION_METRICS
             if self.metric_for_best_model not in known:
@@ -515,6 +622,25 @@ class Settings(BaseSettings):
                     f"job computes; use one of {', '.join(dict.fromkeys(known))}"
                 )
         return self
+
+    def _check_search(self) -> None:
+        searched = (
+            self.search_learning_rate,
+            self.search_batch_size,
+            self.search_epochs,
+            self.search_warmup_ratio,
+            self.search_weight_decay,
+        )
+        if all(value is None for value in searched):
+            raise ValueError(
+                f"FT_SEARCH_TRIALS={self.search_trials} but every FT_SEARCH_* range is empty; "
+                "give at least one range or set FT_SEARCH_TRIALS=0"
+            )
+        if self.search_epochs is not None and self.max_steps is not None:
+            raise ValueError(
+                "FT_SEARCH_EPOCHS has no effect when FT_MAX_STEPS is set (steps override epochs); "
+                "set FT_SEARCH_EPOCHS empty or unset FT_MAX_STEPS"
+            )
 
     # --- derived ----------------------------------------------------------------------
     @property
@@ -562,8 +688,8 @@ def as_environment(settings: Settings) -> dict[str, str]:
             text = ""
         elif isinstance(value, bool):
             text = "true" if value else "false"
-        elif isinstance(value, list):
-            text = ",".join(value)
+        elif isinstance(value, (list, tuple)):
+            text = ",".join(str(item) for item in value)
         elif isinstance(value, dict):
             text = ",".join(f"{k}={v}" for k, v in value.items())
         else:
