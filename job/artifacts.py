@@ -100,9 +100,10 @@ def run_manifest(
     verification: dict[str, Any],
     promotion: dict[str, Any],
     files: list[str],
+    search: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What ran, on what, with which data and code, how fast: enough to reproduce it."""
-    return {
+    manifest = {
         "run_id": settings.run_id,
         "settings": redacted(settings),
         "data": {
@@ -124,6 +125,9 @@ def run_manifest(
         "environment": environment(),
         "files": files,
     }
+    if search is not None:  # the trials that chose this run's hyperparameters
+        manifest["search"] = search
+    return manifest
 
 
 def environment() -> dict[str, Any]:

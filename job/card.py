@@ -93,6 +93,8 @@ def render(settings: Settings, document: dict[str, Any], manifest: dict[str, Any
             "The star marks the evaluation that chose the published checkpoint.",
             "",
         ]
+    if manifest.get("search"):
+        lines += _search_section(manifest["search"])
     return "\n".join(lines)
 
 
@@ -119,6 +121,54 @@ def _prediction_chart(problem: str, files: set[str]) -> list[str]:
             "",
         ]
     return []
+
+
+_SEARCHED = {
+    "learning_rate": "learning rate",
+    "batch_size": "batch size",
+    "epochs": "epochs",
+    "warmup_ratio": "warm-up ratio",
+    "weight_decay": "weight decay",
+}
+
+
+def _search_section(search: dict[str, Any]) -> list[str]:
+    best = search["best"]
+    names = list(search["space"])
+    better = "lower" if search["direction"] == "minimize" else "higher"
+    lines = [
+        "## Hyperparameter search",
+        "",
+        f"The training values above won a search of {len(search['trials'])} trials ({search['sampler']}, "
+        f"seed {search['seed']}), each a full training run scored by validation `{search['metric']}` "
+        f"({better} is better); the final model was then trained once with the best trial's values. "
+        "Every trial is in `search_trials.jsonl`.",
+        "",
+        "| parameter | searched | chosen |",
+        "|---|---|---:|",
+    ]
+    for name in names:
+        spec = search["space"][name]
+        if spec["type"] == "choice":
+            searched = ", ".join(str(c) for c in spec["choices"])
+        else:
+            searched = f"{_value(spec['low'])} to {_value(spec['high'])}" + (" (log scale)" if spec.get("log") else "")
+        lines.append(f"| {_SEARCHED.get(name, name)} | {searched} | {_value(best['params'][name])} |")
+    lines += [
+        "",
+        "| trial | " + " | ".join(_SEARCHED.get(n, n) for n in names) + f" | {search['metric']} | seconds |",
+        "|---:|" + "---:|" * (len(names) + 2),
+    ]
+    for trial in search["trials"]:
+        number = f"**{trial['number']}** (best)" if trial["number"] == best["number"] else str(trial["number"])
+        values = [_value(trial["params"].get(n)) for n in names]
+        score = _fmt(trial["value"]) if trial["state"] == "complete" else "failed"
+        lines.append(f"| {number} | " + " | ".join(values) + f" | {score} | {trial['seconds']:.0f} |")
+    return [*lines, ""]
+
+
+def _value(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _front_matter(settings: Settings, document: dict[str, Any]) -> list[str]:

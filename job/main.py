@@ -1,5 +1,5 @@
-"""The job, top to bottom: settings -> data -> tokenize -> train -> evaluate -> save
--> verify -> publish.
+"""The job, top to bottom: settings -> data -> tokenize -> [search] -> train -> evaluate
+-> save -> verify -> publish.
 
     FT_MODEL=bert-base-uncased FT_DATASET=imdb python -m job
 """
@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from transformers import PreTrainedTokenizerBase
 
-from job import artifacts, card, charts, checkpoints, launch, modeling, promotion, trackers
+from job import artifacts, card, charts, checkpoints, launch, modeling, promotion, search, trackers
 from job.checkpoints import Checkpoints
 from job.errors import ConfigError, NotPromoted, Preempted
 from job.files import write_json
@@ -72,6 +72,7 @@ def preflight(settings: Settings, topology: Topology, *, dry_run: bool = False) 
         raise ConfigError("a multi-node run needs FT_RUN_ID, set to the same value on every node")
     promotion.check_supported(settings)
     trackers.check_available(settings)
+    search.check_supported(settings, topology)
     output = open_output(settings)
     saved = checkpoints.locate(settings)
     if topology.is_main_node:
@@ -107,6 +108,13 @@ def _run(settings: Settings, topology: Topology, timings: _Timings, stop: StopRe
     resume = checkpoints.restore(saved, settings)
     if stop.requested:
         raise Preempted(f"stopped on request before training started; run again with FT_RUN_ID={settings.run_id}")
+    searched = None
+    if settings.search_trials:
+        with timings.phase("search"):
+            searched = search.search(
+                settings, prepared, model_path, topology, saved=saved, stop=stop, final_started=resume is not None
+            )
+        settings = searched.settings  # the final training uses the best trial's values
     with timings.phase("train_and_evaluate"), checkpoints.mirrored(saved, settings, active=topology.is_main_node):
         outcome = launch.train(
             settings, prepared, model_path, topology, work, checkpoints=saved, resume=resume, stop=stop
@@ -122,6 +130,8 @@ def _run(settings: Settings, topology: Topology, timings: _Timings, stop: StopRe
     if settings.charts:
         with timings.phase("charts"):
             charts.draw(staging, outcome.validation, prepared.labels, metric=outcome.best_metric)
+    if searched is not None:
+        search.write_trials(staging / search.TRIALS_FILE, searched.record)
 
     with timings.phase("verify"):
         verification = verify_saved_model(
@@ -143,6 +153,7 @@ def _run(settings: Settings, topology: Topology, timings: _Timings, stop: StopRe
         verification=verification,
         promotion=decision.record(),
         files=sorted(p.name for p in staging.iterdir()),
+        search=searched.record if searched else None,
     )
     write_json(staging / artifacts.RUN_MANIFEST, manifest)
     (staging / "README.md").write_text(card.render(settings, document, manifest, model_ref=output.model_ref))

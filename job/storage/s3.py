@@ -408,6 +408,27 @@ def push_checkpoints(local: Path, uri: str, settings: Settings, *, marker: str, 
             s3.delete_object(Bucket=bucket, Key=prefix + key)
 
 
+def read_object(uri: str, settings: Settings, *, variable: str) -> bytes | None:
+    """The content of one small object; None when there is none."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = parse_uri(uri, variable)
+    with translated(variable, uri, writing=False):
+        try:
+            return client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+
+def write_object(uri: str, body: bytes, settings: Settings, *, variable: str, content_type: str) -> None:
+    """One PUT: readers see the previous content or the new one."""
+    bucket, key = parse_uri(uri, variable)
+    with translated(variable, uri, writing=True):
+        client(settings).put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+
+
 def delete_prefix(uri: str, settings: Settings, *, variable: str) -> None:
     bucket, prefix = parse_uri(uri, variable)
     s3 = client(settings)
