@@ -6,7 +6,11 @@ of a few dozen words, saved the way a Hub checkpoint would be.
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -132,11 +136,28 @@ def write(path: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
+def run_cli(
+    *command: str, env: dict[str, str], cwd: Path, timeout: float = 300
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """`python -m job <command>` in a subprocess, configured by `env` alone (no FT_*, AWS
+    or token variables from this shell); its result and its log events, every line JSON."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("FT_", "AWS_")) and k != "HF_TOKEN"}
+    result = subprocess.run(
+        [sys.executable, "-m", "job", *command],
+        env={**inherited, "HF_HUB_OFFLINE": "1", **env},
+        cwd=cwd,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    events = [json.loads(line) for line in result.stdout.splitlines()]  # fails on any non-JSON line
+    return result, events
+
+
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
     """No FT_* or token variables from the developer's shell, and no ./.env."""
-    import os
-
     for name in list(os.environ):
         if name.startswith(("FT_", "AWS_")) or name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
             monkeypatch.delenv(name)

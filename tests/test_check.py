@@ -4,11 +4,8 @@ FT_CHECKPOINT_DIR."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import rows, write
+from conftest import rows, run_cli, write
 from hub_standin import HubStandIn
 from s3_helpers import objects
 
@@ -24,10 +21,9 @@ from job.check import IMBALANCE_RATIO, TRUNCATION_SHARE, check
 from job.errors import ExitCode, StorageError
 
 
-def run_cli(
+def run_job(
     tmp_path: Path, tiny_model: Path, *command: str, **env: str
 ) -> tuple[subprocess.CompletedProcess[str], list]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("FT_", "AWS_")) and k != "HF_TOKEN"}
     settings = {
         "FT_MODEL": str(tiny_model),
         "FT_OUTPUT": str(tmp_path / "new" / "outputs"),
@@ -36,20 +32,9 @@ def run_cli(
         "FT_EPOCHS": "2",
         "FT_BATCH_SIZE": "16",
         "FT_LOG_FORMAT": "json",
-        "HF_HUB_OFFLINE": "1",
         **env,
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "job", *command],
-        env={**base, **settings},
-        cwd=tmp_path,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    events = [json.loads(line) for line in result.stdout.splitlines()]  # fails on any non-JSON line
-    return result, events
+    return run_cli(*command, env=settings, cwd=tmp_path)
 
 
 def token_lengths(tiny_model: Path, records: list[dict[str, Any]]) -> np.ndarray:
@@ -72,7 +57,7 @@ def test_check_reports_the_data_as_written_and_writes_nothing(tmp_path: Path, ti
     # The data must exercise the count: rows cut, and rows exactly at the limit that are not.
     assert (lengths > max_length).any() and (lengths == max_length).any()
 
-    result, events = run_cli(tmp_path, tiny_model, "check", FT_DATASET=str(folder), FT_MAX_LENGTH=str(max_length))
+    result, events = run_job(tmp_path, tiny_model, "check", FT_DATASET=str(folder), FT_MAX_LENGTH=str(max_length))
 
     assert result.returncode == ExitCode.OK, result.stdout[-3000:] + result.stderr[-3000:]
     assert not [e for e in events if e["level"] == "error"]
@@ -140,9 +125,9 @@ def test_check_fails_with_the_runs_error_line_and_exit_code(
     tmp_path: Path, tiny_model: Path, make_env: Any, code: ExitCode, event: str
 ) -> None:
     env = make_env(tmp_path)
-    checked, check_events = run_cli(tmp_path, tiny_model, "check", **env)
+    checked, check_events = run_job(tmp_path, tiny_model, "check", **env)
     assert not (tmp_path / "new").exists()
-    ran, run_events = run_cli(tmp_path, tiny_model, **env)
+    ran, run_events = run_job(tmp_path, tiny_model, **env)
 
     check_errors = [e for e in check_events if e["level"] == "error"]
     run_errors = [e for e in run_events if e["level"] == "error"]

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import rows, write
+from conftest import rows, run_cli, write
 
 from job import cli
 from job.errors import ExitCode
 
 
 def run_job(tmp_path: Path, tiny_model: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FT_") and k != "HF_TOKEN"}
     settings = {
         "FT_MODEL": str(tiny_model),
         "FT_OUTPUT": str(tmp_path / "outputs"),
@@ -26,20 +23,9 @@ def run_job(tmp_path: Path, tiny_model: Path, **env: str) -> tuple[subprocess.Co
         "FT_BATCH_SIZE": "16",
         "FT_LEARNING_RATE": "3e-3",
         "FT_LOGGING_STEPS": "5",
-        "HF_HUB_OFFLINE": "1",
         **env,
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "job"],
-        env={**base, **settings},
-        cwd=tmp_path,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    events = [json.loads(line) for line in result.stdout.splitlines()]  # fails on any non-JSON line
-    return result, events
+    return run_cli(env=settings, cwd=tmp_path)
 
 
 def test_successful_run_logs_only_json_with_progress_and_summary(tmp_path: Path, tiny_model: Path) -> None:

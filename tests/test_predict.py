@@ -6,14 +6,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import rows, write
+from conftest import rows, run_cli, write
 from s3_helpers import objects, upload_folder
 
 from job import cli
@@ -76,25 +74,19 @@ def test_cli_scores_unlabelled_rows_like_the_training_run_and_a_rerun_is_a_no_op
     trained: Trained, tmp_path: Path
 ) -> None:
     unlabelled = write(tmp_path / "new" / "reviews.csv", [{"text": r["text"]} for r in trained.test_rows])
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("FT_", "AWS_")) and k != "HF_TOKEN"}
     env = {
-        **base,
         "FT_MODEL": str(trained.run),
         "FT_DATASET": str(unlabelled),
         "FT_OUTPUT": str(tmp_path / "predictions"),
         "FT_CACHE_DIR": str(tmp_path / "cache"),
         "FT_RUN_ID": "nightly",
         "FT_PREDICT_ALL_SCORES": "true",
-        "HF_HUB_OFFLINE": "1",
     }
 
     def run() -> list[dict]:
-        command = [sys.executable, "-m", "job", "predict"]
-        result = subprocess.run(
-            command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
-        )
+        result, events = run_cli("predict", env=env, cwd=tmp_path)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        return [json.loads(line) for line in result.stdout.splitlines()]  # JSON lines only
+        return events
 
     events = run()
     out = tmp_path / "predictions" / "nightly"
