@@ -11,7 +11,8 @@ run would do and about how long it would take, one event per finding:
     check.lengths    token-length percentiles of a split, rows the max length cuts
     check.plan       steps per epoch, total steps, effective batch size, evaluations
     check.estimate   seconds per step from a few real training steps on this device,
-                     and the run's training and evaluation time from them
+                     and the run's training and evaluation time from them (with
+                     FT_SEARCH_TRIALS, the search's at most)
     check.passed     the summary: warnings, estimated duration
 
 Warnings (the run would go ahead, but look): `check.already_complete`,
@@ -421,6 +422,8 @@ def _estimate(
     evaluation_s = prediction_pass(prepared.validation) * (plan["evaluations"] + 1)
     test_s = prediction_pass(prepared.test) if prepared.test is not None else 0.0
     total = train_s + evaluation_s + test_s
+    search_s = _search_seconds(settings, per_run=train_s + evaluation_s, epochs=plan["epochs"])
+    total += search_s
     return {
         "device": _device_name(),
         "precision": precision,
@@ -429,11 +432,22 @@ def _estimate(
         "train_s": round(train_s, 1),
         "evaluation_s": round(evaluation_s, 1),
         "test_s": round(test_s, 1),
+        "search_trials": settings.search_trials,
+        "search_s_at_most": round(search_s, 1),
         "total_s": round(total, 1),
         "duration": _human(total),
         "basis": "an estimate from a few timed steps on this device: training and evaluation only (not loading, "
         "checkpoints, verification or publishing, nor multi-GPU communication); early stopping ends sooner",
     }
+
+
+def _search_seconds(settings: Settings, *, per_run: float, epochs: float) -> float:
+    """At most: every trial a whole run at the most epochs searched. An epoch costs about
+    the same at any batch size (the same rows), so the batch-size choices do not count."""
+    if not settings.search_trials:
+        return 0.0
+    most_epochs = settings.search_epochs[1] if settings.search_epochs else epochs
+    return settings.search_trials * per_run * most_epochs / epochs
 
 
 def _train_step_seconds(settings: Settings, prepared: PreparedData, bench: _Bench) -> float:

@@ -192,3 +192,15 @@ def test_hub_rights_are_checked_without_creating_the_repo(make_settings, hub: Hu
     writer = make_settings(dataset=str(data.parent), output="hf://acme/m", hf_token="hf_writer", epochs=1)
     assert check(writer)["status"] == "passed"
     assert hub.state.repos == {} and not [r for r in hub.state.requests if r.startswith("POST")]
+
+
+def test_a_search_is_counted_in_the_estimate(make_settings, tmp_path: Path) -> None:
+    data = write(tmp_path / "d" / "train.jsonl", rows("binary", 600))  # seconds, so rounding is small
+    plain = check(make_settings(dataset=str(data.parent), epochs=2))["estimate"]
+    searched = check(make_settings(dataset=str(data.parent), epochs=2, search_trials=3, search_epochs="1,4"))
+    estimate = searched["estimate"]
+    assert plain["search_trials"] == 0 and plain["search_s_at_most"] == 0
+    # At most 3 trials of 4 epochs: 6 runs of the 2-epoch plan, which the total includes.
+    per_run = estimate["train_s"] + estimate["evaluation_s"]
+    assert estimate["search_s_at_most"] == pytest.approx(6 * per_run, rel=0.05)
+    assert estimate["total_s"] == pytest.approx(per_run + estimate["test_s"] + estimate["search_s_at_most"], rel=0.05)
