@@ -195,12 +195,14 @@ def test_hub_rights_are_checked_without_creating_the_repo(make_settings, hub: Hu
 
 
 def test_a_search_is_counted_in_the_estimate(make_settings, tmp_path: Path) -> None:
-    data = write(tmp_path / "d" / "train.jsonl", rows("binary", 600))  # seconds, so rounding is small
-    plain = check(make_settings(dataset=str(data.parent), epochs=2))["estimate"]
-    searched = check(make_settings(dataset=str(data.parent), epochs=2, search_trials=3, search_epochs="1,4"))
+    data = write(tmp_path / "d" / "train.jsonl", rows("binary", 200))
+    # Many epochs cost the check nothing (it times 3 steps) and make the estimates long,
+    # so their rounding to 0.1 s does not matter.
+    plain = check(make_settings(dataset=str(data.parent), epochs=50))["estimate"]
+    searched = check(make_settings(dataset=str(data.parent), epochs=50, search_trials=3, search_epochs="1,100"))
     estimate = searched["estimate"]
     assert plain["search_trials"] == 0 and plain["search_s_at_most"] == 0
-    # At most 3 trials of 4 epochs: 6 runs of the 2-epoch plan, which the total includes.
+    # At most 3 trials of 100 epochs: 6 runs of the 50-epoch plan, which the total includes.
     per_run = estimate["train_s"] + estimate["evaluation_s"]
     assert estimate["search_s_at_most"] == pytest.approx(6 * per_run, rel=0.05)
     assert estimate["total_s"] == pytest.approx(per_run + estimate["test_s"] + estimate["search_s_at_most"], rel=0.05)
