@@ -1,11 +1,12 @@
 """One recipe, run in its own process so its peak memory is its own:
 
-    python -m bench.recipes walkthrough|tuned|job CONFIG_JSON
+    python -m bench.recipes walkthrough|tuned|tuned-bf16|job CONFIG_JSON
 
 Prints one JSON line with what it measured. `walkthrough` is the notebooks' recipe
 (pad every row to the model's 512 tokens, default Trainer arguments); `tuned` adds
-dynamic padding and length-grouped batches; `job` is this job, configured by
-settings alone.
+dynamic padding and length-grouped batches; `tuned-bf16` also sets `bf16=True`, as
+a user who knows their hardware would; `job` is this job, configured by settings
+alone.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def _trainer_recipe(name: str, config: dict[str, Any]) -> dict[str, Any]:
         disable_tqdm=True,
         logging_steps=10_000,
         use_cpu=not torch.cuda.is_available(),
+        bf16=name == "tuned-bf16",
         **({} if walkthrough else {"train_sampling_strategy": "group_by_length"}),
     )
     trainer = Trainer(
@@ -93,6 +95,7 @@ def _trainer_recipe(name: str, config: dict[str, Any]) -> dict[str, Any]:
         "evaluation_s": evaluation,
         "accuracy": accuracy,
         "train_runtime_s": runtime,
+        "precision": "bf16" if args.bf16 else "no",
     }
 
 
@@ -137,6 +140,7 @@ def _job_recipe(config: dict[str, Any]) -> dict[str, Any]:
         "evaluation_s": training["eval_runtime_s"],  # the final pass over the validation rows
         "accuracy": metrics["validation"]["accuracy"],
         "train_runtime_s": training["train_runtime_s"],
+        "precision": training["precision"],
     }
 
 

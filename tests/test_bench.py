@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from job.training import resolve_precision
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_runs_every_recipe_and_writes_results(tmp_path: Path) -> None:
     env = {
         **os.environ, "BENCH_TRAIN_ROWS": "16", "BENCH_EVAL_ROWS": "16", "BENCH_GROWTH_ROWS": "32",
-        "BENCH_LENGTHS": "64", "BENCH_OUTPUT": str(tmp_path), "BENCH_WORK": str(tmp_path / "work"),
+        "BENCH_LENGTHS": "64", "BENCH_ACCURACY_ROWS": "24", "BENCH_ACCURACY_EVAL_ROWS": "16",
+        "BENCH_OUTPUT": str(tmp_path), "BENCH_WORK": str(tmp_path / "work"),
     }  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-m", "bench"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
@@ -25,8 +28,16 @@ def test_bench_runs_every_recipe_and_writes_results(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     document = json.loads((tmp_path / "results.json").read_text())
     results = document["results"]
-    assert set(results) == {"walkthrough", "tuned", "job"}
+    bf16 = resolve_precision("auto") == "bf16"  # then a Trainer with bf16 set by hand runs too
+    assert set(results) == {"walkthrough", "tuned", "job"} | ({"tuned-bf16"} if bf16 else set())
+    assert results["job"]["precision"] == ("bf16" if bf16 else "no") and results["tuned"]["precision"] == "no"
+    assert set(document["ratios"]) == {f"job_vs_{name}" for name in results if name != "job"}
     assert results["walkthrough"]["padding_efficiency"] < results["job"]["padding_efficiency"] <= 1.0
     assert all(r["peak_rss_mib"] > 100 and r["train_samples_per_second"] > 0 for r in results.values())
     assert document["ratios"]["job_vs_walkthrough"]["train_samples_per_second"] > 1.0
-    assert "| train samples/s |" in (tmp_path / "results.md").read_text()
+    checked = document["accuracy"]["results"]  # every recipe but the slow walkthrough, trained again
+    assert set(checked) == set(results) - {"walkthrough"} and document["accuracy"]["eval_rows"] == 16
+    assert all(0 <= r["accuracy"] <= 1 and 0 <= r["accuracy_standard_error"] <= 0.125 for r in checked.values())
+    markdown = (tmp_path / "results.md").read_text()
+    assert "Accuracy after 24 rows x 2 epochs (16 evaluation rows)" in markdown
+    assert "| train samples/s |" in markdown and f"| precision | no | no |{' bf16 |' if bf16 else ''}" in markdown
