@@ -1,5 +1,5 @@
 """Score tokenized rows fast: longest rows first, each batch padded only to its own
-longest row, no autograd, bf16/fp16 autocast on GPUs.
+longest row, no autograd, bf16/fp16 autocast (bf16 also on CPUs with bf16 instructions).
 
 One process on one device; spreading rows over several GPUs is a follow-up.
 """

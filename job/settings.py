@@ -343,7 +343,8 @@ class Settings(BaseSettings):
     )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = _field(
         "training",
-        "`auto`: bf16 on GPUs that support it, fp16 on older GPUs, full precision on CPU.",
+        "`auto`: bf16 on GPUs that support it, fp16 on older GPUs; on CPU bf16 where it has "
+        "bf16 instructions (AVX512-BF16), else full precision.",
         default="auto",
     )
     group_by_length: bool = _field(

@@ -73,13 +73,28 @@ def resolve_precision(setting: str) -> str:
     cuda = torch.cuda.is_available()
     if setting == "auto":
         if not cuda:
-            return "no"
+            return "bf16" if cpu_has_native_bf16() else "no"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if setting == "fp16" and not cuda:
         raise ConfigError("FT_MIXED_PRECISION=fp16 needs a CUDA GPU; use bf16, no or auto on CPU")
     if setting == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise ConfigError("FT_MIXED_PRECISION=bf16 is not supported by this GPU; use fp16 or auto")
+    if setting == "bf16" and not cuda and not cpu_has_native_bf16():
+        # Measured: 17x slower than fp32 per MiniLM step with oneDNN limited to AVX2 (bench/README.md).
+        log.warning(
+            "precision.emulated",
+            detail="FT_MIXED_PRECISION=bf16 on a CPU without bf16 instructions (AVX512-BF16) is emulated and "
+            "many times slower than fp32; use auto or no",
+        )
     return setting
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16: AMD Zen 4 and
+    later, Intel Cooper Lake, Sapphire Rapids and later), where bf16 autocast halves
+    the time of a MiniLM training step (bench/README.md)."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private; absent before torch 2.3
+    return bool(probe and probe())
 
 
 def best_model_metric(settings: Settings, spec: LabelSpec) -> str:

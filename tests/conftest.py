@@ -136,6 +136,13 @@ def write(path: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
+def score_tolerance(*precisions: str) -> float:
+    """How far a score may move between two scorings of one model: batch composition
+    alone moves fp32 scores by ~1e-5; bf16 autocast (chosen on GPUs and on CPUs with
+    bf16 instructions) rounds each matmul's inputs to 8 bits of mantissa."""
+    return 1e-4 if all(p == "no" for p in precisions) else 1e-2
+
+
 def run_cli(
     *command: str, env: dict[str, str], cwd: Path, timeout: float = 300
 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:

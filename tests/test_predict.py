@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import rows, run_cli, write
+from conftest import rows, run_cli, score_tolerance, write
 from s3_helpers import objects, upload_folder
 
 from job import cli
@@ -104,9 +104,11 @@ def test_cli_scores_unlabelled_rows_like_the_training_run_and_a_rerun_is_a_no_op
     # The same rows, scored by the training run right after training: same labels, same scores.
     reference = read_jsonl(trained.run / "test_predictions.jsonl")
     assert [p["label"] for p in predictions] == [r["label"] for r in reference]
-    np.testing.assert_allclose([p["score"] for p in predictions], [r["score"] for r in reference], atol=1e-4)
-
     manifest = json.loads((out / PREDICT_MANIFEST).read_text())
+    trained_in = json.loads((trained.run / "run_manifest.json").read_text())["training"]["precision"]
+    tolerance = score_tolerance(manifest["inference"]["precision"], trained_in)
+    np.testing.assert_allclose([p["score"] for p in predictions], [r["score"] for r in reference], atol=tolerance)
+
     assert manifest["model"]["trained_in_run"] == "trained" and manifest["model"]["labels"]["names"] == list(LABELS)
     assert manifest["data"]["rows"] == manifest["data"]["predicted"] == TEST_ROWS
     assert manifest["data"]["split"] == "train" and manifest["metrics"] is None  # a lone csv: its one split
@@ -191,13 +193,14 @@ def test_multi_label_and_regression_heads_give_their_own_shape(
     out = Path(predict(make_settings(model=str(folder), dataset=str(data)))["location"])
     predictions = read_jsonl(out / PREDICTIONS)
     reference = pipeline("text-classification", model=str(folder), device="cpu", top_k=None)(texts)
+    tolerance = score_tolerance(json.loads((out / PREDICT_MANIFEST).read_text())["inference"]["precision"], "no")
     for p, expected in zip(predictions, reference, strict=True):
         scores = {e["label"]: e["score"] for e in expected}
         if problem_type == "regression":
-            assert set(p) == {"index", "score"} and p["score"] == pytest.approx(scores["value"], abs=1e-4)
+            assert set(p) == {"index", "score"} and p["score"] == pytest.approx(scores["value"], abs=tolerance)
         else:
             assert list(p["scores"]) == list(LABELS)
-            np.testing.assert_allclose([p["scores"][n] for n in LABELS], [scores[n] for n in LABELS], atol=1e-4)
+            np.testing.assert_allclose([p["scores"][n] for n in LABELS], [scores[n] for n in LABELS], atol=tolerance)
             assert p["labels"] == [n for n in LABELS if p["scores"][n] > 0.5]
 
 
