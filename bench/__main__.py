@@ -141,7 +141,8 @@ def accuracy_check(base: dict[str, Any], names: list[str]) -> dict[str, Any]:
 def main() -> None:
     import torch
 
-    from job.training import cpu_has_native_bf16, resolve_precision
+    from job.device import cpu_has_native_bf16
+    from job.device import precision as resolve_precision
 
     rows, eval_rows = _env_int("BENCH_TRAIN_ROWS", 400), _env_int("BENCH_EVAL_ROWS", 200)
     seed = _env_int("BENCH_SEED", 0)

@@ -16,12 +16,13 @@ import numpy as np
 from job import metrics
 from job.labels import MULTI, REGRESSION, LabelSpec
 from job.prepare import PreparedData
+from job.results import Prediction, TrainOutcome
 from job.settings import Settings, redacted
-from job.training import Prediction, TrainOutcome
 
 METRICS = "metrics.json"
 RUN_MANIFEST = "run_manifest.json"
 TEST_PREDICTIONS = "test_predictions.jsonl"
+TRAIN_LOG = "train_log.jsonl"  # one line per logging step and per evaluation
 _LIBRARIES = ("torch", "transformers", "datasets", "accelerate", "tokenizers", "safetensors", "numpy")
 
 

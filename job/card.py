@@ -7,8 +7,8 @@ from typing import Any
 
 from job.charts import CONFUSION_MATRIX, PREDICTION_SCATTER, TRAINING_CURVES
 from job.labels import MULTI, REGRESSION
-from job.locations import classify
 from job.settings import Settings
+from job.storage import classify
 from job.trackers import TENSORBOARD_DIR
 
 _SHOWN_METRICS = {

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from job import metrics
+from job.artifacts import TRAIN_LOG
 from job.labels import MULTI, REGRESSION, LabelSpec
 from job.logs import get_logger
-from job.settings import LOWER_IS_BETTER
-from job.training import TRAIN_LOG, Prediction
+from job.results import Prediction
 
 TRAINING_CURVES = "training_curves.png"
 CONFUSION_MATRIX = "confusion_matrix.png"
@@ -118,7 +118,7 @@ def _training_curves(path: Path, metric: str) -> Any:
     if metric_steps:
         axis = axes.pop(0)
         axis.plot(metric_steps, metric_values, color="tab:green", marker="o", linewidth=1.2)
-        _best(axis, metric_steps, metric_values, lower_is_better=metric in LOWER_IS_BETTER, chosen=True)
+        _best(axis, metric_steps, metric_values, lower_is_better=not metrics.greater_is_better(metric), chosen=True)
         axis.set(title=f"Validation {metric}", xlabel="optimizer step", ylabel=metric)
         axis.legend(loc="best", fontsize="small")
     if lr_steps:

@@ -25,14 +25,16 @@ import torch.distributed as dist
 from transformers import TrainerCallback, TrainingArguments
 
 from job.errors import Preempted
-from job.files import ensure_writable_dir
+from job.files import file_listing
 from job.logs import get_logger
 from job.preemption import StopRequest
 from job.settings import Settings
+from job.storage import Folder, checkpoint_location, mirror, open_folder
 
 MARKER = "ftjob-checkpoint.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 _PUSH_INTERVAL_S = 5.0
+_MIB = 1024 * 1024
 
 log = get_logger("job.checkpoints")
 
@@ -40,31 +42,25 @@ log = get_logger("job.checkpoints")
 @dataclass(frozen=True)
 class Checkpoints:
     local: Path  # where the Trainer writes
-    remote: str | None  # s3://bucket/prefix/<run id>/ when FT_CHECKPOINT_DIR is in S3
+    store: Folder  # their durable home: `local` itself, or an S3 prefix it is mirrored to
+    remote: bool  # the store is not `local`: checkpoints are uploaded and downloaded
 
     @property
     def durable(self) -> str:
-        return self.remote or str(self.local)
+        return self.store.location
 
 
-def locate(settings: Settings) -> Checkpoints:
-    value = settings.checkpoint_dir
-    if value and value.lower().startswith("s3://"):
-        return Checkpoints(
-            local=settings.run_work_dir() / "checkpoints", remote=f"{value.rstrip('/')}/{settings.run_id}/"
-        )
-    root = Path(value.removeprefix("file://")).expanduser() if value else settings.cache_dir / "checkpoints"
-    return Checkpoints(local=root / settings.run_id, remote=None)
+def locate(settings: Settings, work: Path) -> Checkpoints:
+    """`<FT_CHECKPOINT_DIR>/<run id>/`; in S3, the Trainer writes to a local mirror in `work`."""
+    location = checkpoint_location(settings)
+    store = open_folder(location, settings).child(settings.run_id)
+    if location.kind == "s3":
+        return Checkpoints(local=work / "checkpoints", store=store, remote=True)
+    return Checkpoints(local=location.path / settings.run_id, store=store, remote=False)
 
 
-def check_writable(checkpoints: Checkpoints, settings: Settings, *, dry_run: bool = False) -> None:
-    """A dry run leaves nothing behind (the S3 probe is deleted either way)."""
-    if checkpoints.remote:
-        from job.storage.s3 import check_writable as check_s3
-
-        check_s3(checkpoints.remote, settings, variable="FT_CHECKPOINT_DIR")
-        return
-    ensure_writable_dir(checkpoints.local, "FT_CHECKPOINT_DIR", dry_run=dry_run)
+def check_writable(checkpoints: Checkpoints, *, dry_run: bool = False) -> None:
+    checkpoints.store.check_writable(dry_run=dry_run)
 
 
 def complete(folder: Path) -> list[Path]:
@@ -80,35 +76,68 @@ def latest(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def restore(checkpoints: Checkpoints, settings: Settings) -> Path | None:
+def restore(checkpoints: Checkpoints) -> Path | None:
     """The checkpoint to resume from, after fetching the remote ones (once per node)."""
     if checkpoints.remote:
-        from job.storage.s3 import pull_checkpoints
-
-        pull_checkpoints(checkpoints.remote, checkpoints.local, settings, marker=MARKER)
+        _pull(checkpoints)
     return latest(checkpoints.local)
 
 
+def _pull(checkpoints: Checkpoints) -> None:
+    """Fetch every complete checkpoint (one with its marker) from the store."""
+    listed = checkpoints.store.list()
+    done = {name.split("/")[0] for name in listed if name.endswith(f"/{MARKER}") and _NAME.match(name.split("/")[0])}
+    if not done:
+        return
+    started = time.monotonic()
+    mirror(checkpoints.store, {n: e for n, e in listed.items() if n.split("/")[0] in done}, checkpoints.local)
+    seconds = round(time.monotonic() - started, 2)
+    log.info("checkpoint.downloaded", location=checkpoints.durable, checkpoints=sorted(done), seconds=seconds)
+
+
+def _push(checkpoints: Checkpoints) -> None:
+    """Mirror local complete checkpoints to the store: new ones up (marker last), rotated ones removed."""
+    store, local = checkpoints.store, checkpoints.local
+    remote = set(store.list())
+    remote_done = {k.split("/")[0] for k in remote if k.endswith(f"/{MARKER}")}
+    present = {p.name for p in local.iterdir() if _NAME.match(p.name)} if local.is_dir() else set()
+    for name in sorted(present - remote_done):
+        folder = local / name
+        if not (folder / MARKER).is_file():
+            continue  # still being written
+        files = [f for f in file_listing(folder) if f["path"] != MARKER]
+        started = time.monotonic()
+        target = store.child(name)
+        target.upload(folder, [f["path"] for f in files])
+        target.upload(folder, [MARKER])
+        log.info(
+            "checkpoint.uploaded",
+            location=target.location,
+            mib=round(sum(f["size"] for f in files) / _MIB, 2),
+            seconds=round(time.monotonic() - started, 2),
+        )
+    gone = [k for k in remote if k.split("/")[0] not in present and _NAME.match(k.split("/")[0])]
+    # Marker first, so a half-deleted checkpoint is never taken for a complete one.
+    gone.sort(key=lambda k: not k.endswith(f"/{MARKER}"))
+    for key in gone:
+        store.delete([key])
+
+
 @contextlib.contextmanager
-def mirrored(checkpoints: Checkpoints, settings: Settings, *, active: bool) -> Iterator[None]:
-    """Upload complete checkpoints to S3 while the body trains; on failure or preemption,
+def mirrored(checkpoints: Checkpoints, *, active: bool) -> Iterator[None]:
+    """Upload complete checkpoints while the body trains; on failure or preemption,
     upload the last ones before giving up, so a restart elsewhere can resume."""
     if not (checkpoints.remote and active):
         yield
         return
-    from job.storage.s3 import push_checkpoints
-
     stop = threading.Event()
-
-    def push() -> None:
-        push_checkpoints(checkpoints.local, checkpoints.remote, settings, marker=MARKER, names=_NAME)
 
     def loop() -> None:
         while not stop.wait(_PUSH_INTERVAL_S):
             try:
-                push()
+                _push(checkpoints)
             except Exception as exc:  # a transient outage must not end the training
-                log.warning("checkpoint.upload_failed", location=checkpoints.remote, error=str(exc)[:300])
+                log.warning("checkpoint.upload_failed", location=checkpoints.durable, error=str(exc)[:300])
 
     thread = threading.Thread(target=loop, name="checkpoint-upload", daemon=True)
     thread.start()
@@ -117,19 +146,17 @@ def mirrored(checkpoints: Checkpoints, settings: Settings, *, active: bool) -> I
     except BaseException:
         stop.set()
         thread.join()
-        push()
+        _push(checkpoints)
         raise
     stop.set()
     thread.join()
 
 
-def remove(checkpoints: Checkpoints, settings: Settings) -> None:
+def remove(checkpoints: Checkpoints) -> None:
     """After publishing: the checkpoints are superseded by the published model."""
     shutil.rmtree(checkpoints.local, ignore_errors=True)
     if checkpoints.remote:
-        from job.storage.s3 import delete_prefix
-
-        delete_prefix(checkpoints.remote, settings, variable="FT_CHECKPOINT_DIR")
+        checkpoints.store.delete_all()
 
 
 class CheckpointCallback(TrainerCallback):

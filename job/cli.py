@@ -15,9 +15,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from job.config import load_settings, secret_values
+from job import bootstrap
 from job.errors import ConfigError, ExitCode, JobError
-from job.logs import configure_logging, get_logger, route_library_logs
+from job.logs import get_logger
 from job.settings import redacted
 
 # Each command is `function(settings) -> summary`, raising JobError on failure; imported
@@ -53,27 +53,18 @@ def parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     log = get_logger("job")
-    configure_logging(secrets=secret_values(None))  # until the settings say otherwise
     try:
-        settings, warnings = load_settings(args.env_file)
+        settings = bootstrap.start(args.env_file)
     except ConfigError as exc:
         log.error(exc.event, error=exc.message, exit_code=int(exc.exit_code))
         return int(exc.exit_code)
-    configure_logging(
-        log_format=settings.log_format,
-        level=settings.log_level,
-        run_id=settings.run_id,
-        secrets=secret_values(settings),
-    )
-    for warning in warnings:
-        log.warning("config.unknown_variable", detail=warning)
     if args.print_config:
         print(json.dumps(redacted(settings), indent=2))
         return int(ExitCode.OK)
 
     module, name = COMMANDS[args.command]
     command = getattr(importlib.import_module(module), name)
-    route_library_logs(settings.log_format)
+    bootstrap.route_libraries(settings)
     try:
         command(settings)
     except JobError as exc:

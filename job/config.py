@@ -11,8 +11,10 @@ import annotated_types
 from dotenv import dotenv_values
 from pydantic import SecretStr, ValidationError
 
+from job import metrics
 from job.errors import ConfigError
 from job.settings import Settings, env_name, unknown_prefixed_variables
+from job.storage.locations import checkpoint_location, output_location
 
 # Values of these variables are masked wherever they would be logged, and withheld from
 # training workers (job/launch.py).
@@ -41,6 +43,10 @@ def load_settings(env_file: Path | None = None) -> tuple[Settings, list[str]]:
         settings = Settings(_env_file=dotenv_path)  # type: ignore[call-arg]
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc)) from None
+    # Settings whose meaning lives in their own module, checked as early as the others.
+    metrics.best_model_metric(settings.metric_for_best_model, settings.problem_type)
+    output_location(settings)
+    checkpoint_location(settings)
 
     seen = dict(os.environ)
     if dotenv_path.is_file():
@@ -77,6 +83,8 @@ def _describe_one(error: Any) -> str:
 
 def allowed_values(name: str) -> str:
     """What a setting accepts, in words, from its type and bounds."""
+    if name == "metric_for_best_model":  # the catalogue lives with the metrics
+        return f"one of {', '.join(metrics.EVERY_METRIC)}"
     field = Settings.model_fields[name]
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     if extra.get("allowed"):

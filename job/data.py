@@ -15,9 +15,9 @@ from datasets import Dataset, DatasetDict
 
 from job import storage
 from job.errors import ConfigError, DataError
-from job.locations import Location, classify, data_format_of
 from job.logs import get_logger
 from job.settings import Settings
+from job.storage import Location, classify, data_format_of
 
 EVAL_SPLIT_NAMES = ("validation", "valid", "dev", "val")
 INDEX = "index"  # row number in the source split, carried through to predictions
@@ -129,7 +129,7 @@ def _load(location: Location, settings: Settings) -> DatasetDict:
     cache = str(settings.cache_dir / "datasets")
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     if location.kind == "s3":
-        location = Location("local", str(storage.fetch(location, settings, variable="FT_DATASET", data_only=True)))
+        location = Location("local", str(storage.fetch(location, settings, data_only=True)), location.variable)
     try:
         if location.kind == "hub":
             if settings.data_files:

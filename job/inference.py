@@ -17,6 +17,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 
+from job import device
 from job.errors import TrainingError
 from job.logs import get_logger
 from job.tokenization import LENGTH
@@ -32,10 +33,6 @@ class Scored:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def score(
     dataset: Dataset,
     model: PreTrainedModel,
@@ -46,7 +43,7 @@ def score(
     workers: int,
 ) -> Scored:
     """Logits for every row of `dataset` (tokenized, with a length column)."""
-    target = device()
+    target = device.device()
     cuda = target.type == "cuda"
     lengths = np.asarray(dataset[LENGTH], dtype=np.int64)
     # Longest first: neighbours have about the same length, so batches carry little
@@ -57,18 +54,14 @@ def score(
         dataset.select_columns(inputs).select(order),
         batch_size=batch_size,
         shuffle=False,
-        # Multiples of 8 suit tensor cores; on CPU they would only add padding.
-        collate_fn=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if cuda else None),
+        collate_fn=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=device.pad_multiple()),
         num_workers=workers,
         pin_memory=cuda,
     )
     done_tokens = np.cumsum(lengths[order])
     total_tokens = int(done_tokens[-1]) if len(done_tokens) else 0
-    autocast = (
-        torch.autocast(target.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-        if precision in ("bf16", "fp16")
-        else contextlib.nullcontext()
-    )
+    dtype = device.autocast_dtype(precision)
+    autocast = torch.autocast(target.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     model.eval().to(target)
     outputs: list[torch.Tensor] = []
@@ -97,7 +90,7 @@ def score(
     logits = np.empty_like(logits_sorted)
     logits[order] = logits_sorted  # back to the dataset's order
     stats = {
-        "device": _device_name(),
+        "device": device.device_name(),
         "precision": precision,
         "batch_size": batch_size,
         "batches": batches,
@@ -122,9 +115,3 @@ def _progress(rows_done: int, rows: int, tokens_done: int, tokens: int, elapsed:
         rows_per_second=round(rows_done / elapsed, 1) if elapsed else None,
         eta_seconds=round((tokens - tokens_done) / rate, 1) if rate else None,
     )
-
-
-def _device_name() -> str:
-    if torch.cuda.is_available():
-        return f"cuda ({torch.cuda.get_device_name(0)})"
-    return "cpu"

@@ -16,10 +16,9 @@ from datasets import ClassLabel, Dataset, LargeList, List, Sequence, Value
 
 from job.errors import ConfigError, DataError
 from job.logs import get_logger
-from job.settings import Settings
+from job.settings import MULTI, REGRESSION, SINGLE, Settings
 
 LABELS = "labels"  # the column name the model's forward() takes
-SINGLE, MULTI, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
 
 log = get_logger("job.labels")
 

@@ -9,23 +9,23 @@ storage. A failed worker fails the run with that worker's exit code and message.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from job.checkpoints import Checkpoints
+from job import device
 from job.config import SECRET_VARIABLES
 from job.errors import TrainingError, error_for_code
 from job.logs import get_logger
 from job.preemption import StopRequest
 from job.prepare import PreparedData
+from job.results import TrainOutcome, clear_failures, load_outcome, reported_failures
 from job.settings import ENV_PREFIX, Settings, as_environment
 from job.topology import Topology
-from job.training import TrainOutcome, load_outcome, resolve_precision, train_and_evaluate
-from job.worker import FAILURES
+from job.training import train_and_evaluate
+from job.workspace import Workspace
 
 log = get_logger("job.launch")
 
@@ -38,29 +38,21 @@ def train(
     prepared: PreparedData,
     model_path: Path,
     topology: Topology,
-    work: Path,
+    work: Workspace,
     *,
-    checkpoints: Checkpoints,
+    checkpoints: Path,
     resume: Path | None,
     stop: StopRequest,
 ) -> TrainOutcome | None:
-    """The outcome on the main node; None on the others."""
+    """The outcome on the main node; None on the others. The Trainer writes checkpoints to
+    the local folder `checkpoints`."""
     if topology.world_size == 1:
         return train_and_evaluate(
-            settings,
-            prepared,
-            model_path,
-            staging=work / "model",
-            checkpoints=checkpoints.local,
-            resume=resume,
-            stop=stop,
+            settings, prepared, model_path, staging=work.staging, checkpoints=checkpoints, resume=resume, stop=stop
         )
-    failures = work / FAILURES
-    for rank in range(topology.first_rank, topology.first_rank + topology.procs_per_node):
-        (failures / f"rank-{rank}.json").unlink(missing_ok=True)
-    outcome_dir = work / "outcome"
+    clear_failures(work.failures, range(topology.first_rank, topology.first_rank + topology.procs_per_node))
     if topology.is_main_node:
-        shutil.rmtree(outcome_dir, ignore_errors=True)
+        shutil.rmtree(work.outcome, ignore_errors=True)
 
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
@@ -70,22 +62,22 @@ def train(
         "--machine_rank", str(topology.node_rank),
         "--main_process_ip", topology.master_addr,
         "--main_process_port", str(topology.master_port),
-        "--mixed_precision", resolve_precision(settings.mixed_precision),
+        "--mixed_precision", device.precision(settings.mixed_precision),
         "--dynamo_backend", "no",
         "--max_restarts", "0",
         "-m", "job.worker",
         "--prepared", str(prepared.path),
         "--model", str(model_path),
-        "--work", str(work),
-        "--checkpoints", str(checkpoints.local),
+        "--work", str(work.root),
+        "--checkpoints", str(checkpoints),
         "--stop-file", str(stop.stop_file),
         *(["--resume", str(resume)] if resume else []),
     ]  # fmt: skip
     log.info("launch.workers", processes=topology.procs_per_node, world_size=topology.world_size)
     returncode = subprocess.run(command, env=_worker_environment(settings), check=False).returncode
     if returncode != 0:
-        raise _worker_failure(failures, returncode)
-    return load_outcome(outcome_dir) if topology.is_main_node else None
+        raise _worker_failure(work.failures, returncode)
+    return load_outcome(work.outcome) if topology.is_main_node else None
 
 
 def _worker_environment(settings: Settings) -> dict[str, str]:
@@ -106,7 +98,7 @@ def _worker_environment(settings: Settings) -> dict[str, str]:
 
 
 def _worker_failure(failures: Path, returncode: int) -> Exception:
-    reports = sorted((json.loads(p.read_text()) for p in failures.glob("rank-*.json")), key=lambda r: int(r["rank"]))
+    reports = reported_failures(failures)
     if not reports:
         return TrainingError(
             f"a training worker failed without reporting why (accelerate launch exited with {returncode}): "

@@ -1,4 +1,5 @@
-"""Metrics computed locally with numpy.
+"""The metric catalogue (which metrics each problem type has, which are better lower,
+the default best-model metric) and the metrics themselves, computed locally with numpy.
 
 `evaluate.load(...)` fetches metric scripts from the Hub and fails offline, so the
 job computes everything from the confusion matrix (classification), per-label
@@ -7,13 +8,58 @@ counts (multi-label) or residuals (regression).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from job.labels import MULTI, REGRESSION, LabelSpec
+from job.errors import ConfigError
+from job.settings import MULTI, REGRESSION, SINGLE
+
+if TYPE_CHECKING:
+    from job.labels import LabelSpec
 
 THRESHOLD = 0.5  # multi-label: a label is predicted when its probability exceeds this
+
+CATALOGUE: dict[str, tuple[str, ...]] = {
+    SINGLE: (
+        "loss", "accuracy", "f1", "f1_macro", "f1_weighted", "precision", "precision_macro",
+        "precision_weighted", "recall", "recall_macro", "recall_weighted", "mcc",
+    ),
+    MULTI: (
+        "loss", "subset_accuracy", "hamming_accuracy", "f1_micro", "f1_macro", "f1_weighted",
+        "precision_micro", "recall_micro",
+    ),
+    REGRESSION: ("loss", "mse", "rmse", "mae", "r2", "pearson", "spearman"),
+}  # fmt: skip
+EVERY_METRIC = tuple(dict.fromkeys(name for names in CATALOGUE.values() for name in names))
+LOWER_IS_BETTER = frozenset({"loss", "mse", "rmse", "mae"})
+
+
+def default_metric(problem_type: str) -> str:
+    return "rmse" if problem_type == REGRESSION else "f1_macro"
+
+
+def best_model_metric(setting: str | None, problem_type: str) -> str | None:
+    """The metric that picks the best checkpoint: FT_METRIC_FOR_BEST_MODEL checked against the
+    metrics of `problem_type` (while that is still `auto`, against every metric), else the default."""
+    if problem_type not in CATALOGUE:
+        if setting is not None and setting not in EVERY_METRIC:
+            raise ConfigError(
+                f"FT_METRIC_FOR_BEST_MODEL='{setting}' is not a metric the job computes; "
+                f"use one of {', '.join(EVERY_METRIC)}"
+            )
+        return setting
+    metric = setting or default_metric(problem_type)
+    if metric not in CATALOGUE[problem_type]:
+        raise ConfigError(
+            f"FT_METRIC_FOR_BEST_MODEL={metric} does not apply to {problem_type}; "
+            f"use one of {', '.join(CATALOGUE[problem_type])}"
+        )
+    return metric
+
+
+def greater_is_better(metric: str) -> bool:
+    return metric not in LOWER_IS_BETTER
 
 
 def probabilities(logits: np.ndarray, spec: LabelSpec) -> np.ndarray:
@@ -76,15 +122,7 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray, names: t
         out.update(f1=float(f1[1]), precision=float(precision[1]), recall=float(recall[1]))
     else:
         out.update(f1=out["f1_macro"], precision=out["precision_macro"], recall=out["recall_macro"])
-    out["per_class"] = {
-        name: {
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
-        for i, name in enumerate(names)
-    }
+    out["per_class"] = _per_class(names, precision, recall, f1, support)
     out["confusion_matrix"] = {"labels": list(names), "matrix": matrix.tolist()}
     out["rows"] = int(total)
     return out
@@ -110,15 +148,7 @@ def multi_label_metrics(predicted: np.ndarray, actual: np.ndarray, names: tuple[
         "f1_weighted": float((f1 * weights).sum()),
         "precision_micro": float(micro_p),
         "recall_micro": float(micro_r),
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(names)
-        },
+        "per_class": _per_class(names, precision, recall, f1, support),
         "rows": int(actual.shape[0]),
     }
 
@@ -135,6 +165,15 @@ def regression_metrics(predictions: np.ndarray, targets: np.ndarray) -> dict[str
         "pearson": _correlation(predictions, targets),
         "spearman": _correlation(_ranks(predictions), _ranks(targets)),
         "rows": int(targets.size),
+    }
+
+
+def _per_class(
+    names: tuple[str, ...], precision: np.ndarray, recall: np.ndarray, f1: np.ndarray, support: np.ndarray
+) -> dict[str, dict[str, Any]]:
+    return {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+        for name, p, r, f, n in zip(names, precision, recall, f1, support, strict=True)
     }
 
 
@@ -172,7 +211,3 @@ def _divide(numerator: Any, denominator: Any) -> Any:
     numerator = np.asarray(numerator, dtype=np.float64)
     denominator = np.asarray(denominator, dtype=np.float64)
     return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator != 0)
-
-
-def default_metric(spec: LabelSpec) -> str:
-    return "rmse" if spec.problem_type == REGRESSION else "f1_macro"

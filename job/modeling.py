@@ -18,8 +18,8 @@ from transformers import (
 from job import storage
 from job.errors import ConfigError
 from job.labels import LabelSpec
-from job.locations import classify
 from job.settings import Settings
+from job.storage import classify
 
 # Architectures whose position ids start after the padding index, so two of
 # `max_position_embeddings` are unusable (RoBERTa: 514 -> 512 tokens).
@@ -41,7 +41,7 @@ def resolve_model(settings: Settings) -> Path:
     """
     location = classify(settings.model, "FT_MODEL", what="model")
     if location.kind == "s3":
-        return storage.fetch(location, settings, variable="FT_MODEL", data_only=False)
+        return storage.fetch(location, settings, data_only=False)
     if location.kind == "local":
         return location.path
     from huggingface_hub import snapshot_download

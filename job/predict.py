@@ -10,26 +10,24 @@ import contextlib
 import heapq
 import json
 import shutil
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from datasets import Dataset
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-from job import artifacts, data, inference, labels, metrics, modeling
+from job import artifacts, data, device, inference, labels, metrics, modeling, scaffold
 from job.errors import DataError
 from job.files import write_json
 from job.labels import LABELS, LabelSpec
 from job.logs import get_logger
 from job.prepare import transient_cache
+from job.results import Prediction
+from job.scaffold import Phases
 from job.settings import Settings, redacted
-from job.storage import open_output
 from job.tokenization import length_stats, tokenize
-from job.training import Prediction, resolve_precision
+from job.workspace import Workspace
 
 PREDICTIONS = "predictions.jsonl"
 PREDICT_MANIFEST = "predict_manifest.json"
@@ -41,19 +39,16 @@ log = get_logger("job.predict")
 def predict(settings: Settings) -> dict[str, Any]:
     """Score FT_DATASET with the classifier FT_MODEL and publish the predictions; returns
     the summary it logs. Raises JobError subclasses on failure."""
-    started = time.time()
-    timings: dict[str, float] = {}
-    output = open_output(settings)
-    output.check_writable()  # before downloading a model and scoring, not after
-    if output.is_complete():
-        log.info("run.already_complete", location=output.location, effect="nothing to do")
-        return {"status": "already_complete", "location": output.location}
-    staging = settings.run_work_dir() / "predictions"
-    shutil.rmtree(staging, ignore_errors=True)  # a previous attempt's partial files
-    staging.mkdir(parents=True)
+    phases = Phases()
+    output = scaffold.writable_output(settings)  # before downloading a model and scoring, not after
+    done = scaffold.already_complete(output)
+    if done is not None:
+        return done
+    work = Workspace.of(settings)
+    staging = scaffold.fresh_folder(work.predictions)
     log.info("predict.started", model=settings.model, dataset=settings.dataset, output=output.location)
 
-    with _phase(timings, "load_model"):
+    with phases.phase("load_model"):
         model_path = modeling.resolve_model(settings)
         config = modeling.load_config(model_path, settings)
         spec = labels.spec_of_model(config)
@@ -70,12 +65,12 @@ def predict(settings: Settings) -> dict[str, Any]:
         max_length=max_length,
     )
 
-    with _phase(timings, "load_data"):
+    with phases.phase("load_data"):
         raw, split, source = data.load_split_to_score(settings)
         rows, skipped = data.rows_to_score(raw, split, settings)
         rows, scored = _with_labels(rows, spec, settings, split)
         ids = list(raw[settings.predict_id_column]) if settings.predict_id_column else None
-    with _phase(timings, "tokenize"), transient_cache():
+    with phases.phase("tokenize"), transient_cache():
         tokenized = tokenize(
             rows,
             tokenizer,
@@ -85,13 +80,11 @@ def predict(settings: Settings) -> dict[str, Any]:
             keep_text=False,
         )
 
-    precision = resolve_precision(settings.mixed_precision)
-    batch_size = settings.eval_batch_size or 2 * settings.batch_size
-    workers = settings.dataloader_workers
-    if workers is None:
-        workers = 2 if torch.cuda.is_available() else 0
+    precision = device.precision(settings.mixed_precision)
+    batch_size = device.eval_batch_size(settings)
+    workers = device.dataloader_workers(settings)
     log.info("predict.scoring", rows=len(tokenized), split=split, batch_size=batch_size, precision=precision)
-    with _phase(timings, "predict"):
+    with phases.phase("predict"):
         result = inference.score(
             tokenized, model, tokenizer, batch_size=batch_size, precision=precision, workers=workers
         )
@@ -102,11 +95,11 @@ def predict(settings: Settings) -> dict[str, Any]:
     )
     report = metrics.report(prediction.logits, prediction.labels, spec) if prediction.labels is not None else None
 
-    with _phase(timings, "write"):
+    with phases.phase("write"):
         written = _write_predictions(
             staging / PREDICTIONS, prediction, spec, skipped=skipped, ids=ids, all_scores=settings.predict_all_scores
         )
-    timings["total_before_publish"] = time.time() - started
+    phases.seconds["total_before_publish"] = phases.elapsed()
     manifest = {
         "run_id": settings.run_id,
         "command": "predict",
@@ -128,18 +121,17 @@ def predict(settings: Settings) -> dict[str, Any]:
         },
         "inference": result.stats,
         "metrics": report,
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "timings_s": phases.rounded(),
         "settings": redacted(settings),
         "environment": artifacts.environment(),
         "files": [PREDICTIONS, PREDICT_MANIFEST],
     }
     write_json(staging / PREDICT_MANIFEST, manifest)
 
-    with _phase(timings, "publish"):
-        location = output.publish(staging, message=f"{written} predictions by {settings.model}")
+    location = scaffold.publish(output, staging, message=f"{written} predictions by {settings.model}", phases=phases)
     shutil.rmtree(staging, ignore_errors=True)
     with contextlib.suppress(OSError):
-        staging.parent.rmdir()  # the run's scratch folder, unless something else lives there
+        work.root.rmdir()  # the run's scratch folder, unless something else lives there
 
     summary: dict[str, Any] = {
         "status": "completed",
@@ -149,22 +141,13 @@ def predict(settings: Settings) -> dict[str, Any]:
         "skipped_no_text": len(skipped),
         "rows_per_second": result.stats["rows_per_second"],
         "padding_efficiency": result.stats["padding_efficiency"],
-        "wall_s": round(time.time() - started, 1),
+        "wall_s": round(phases.elapsed(), 1),
     }
     if report is not None:
-        headline = metrics.default_metric(spec)
+        headline = metrics.default_metric(spec.problem_type)
         summary.update(metric=headline, value=report.get(headline))
     log.info("predict.completed", **summary)
     return summary
-
-
-@contextlib.contextmanager
-def _phase(timings: dict[str, float], name: str) -> Iterator[None]:
-    begin = time.monotonic()
-    try:
-        yield
-    finally:
-        timings[name] = time.monotonic() - begin
 
 
 def _training_record(model_path: Path) -> dict[str, Any]:

@@ -17,8 +17,6 @@ from pathlib import Path
 
 from job.logs import get_logger
 
-STOP_FILE = "STOP"
-
 log = get_logger("job.preemption")
 
 

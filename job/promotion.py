@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from job.errors import ConfigError
-from job.settings import LOWER_IS_BETTER, Settings
+from job.metrics import greater_is_better
+from job.settings import Settings
 
 LATEST = "latest.json"
 
@@ -45,7 +46,7 @@ def check_supported(settings: Settings) -> None:
 
 def decide(settings: Settings, headline: dict[str, Any], production: dict[str, Any] | None) -> Decision:
     metric, value = headline["metric"], headline["value"]
-    lower = metric in LOWER_IS_BETTER
+    lower = not greater_is_better(metric)
 
     def better(a: float, b: float) -> bool:
         return a < b if lower else a > b

@@ -25,16 +25,18 @@ from typing import Any
 import structlog
 import torch
 
-from job import launch
+from job import launch, metrics
 from job.checkpoints import Checkpoints, latest
-from job.errors import ConfigError, Preempted, StorageError, TrainingError
+from job.errors import ConfigError, Preempted, TrainingError
 from job.files import write_json
 from job.logs import get_logger
 from job.preemption import StopRequest
 from job.prepare import PreparedData
-from job.settings import LOWER_IS_BETTER, Settings
+from job.settings import Settings
+from job.storage import read_json
+from job.storage import write_json as write_object
 from job.topology import Topology
-from job.training import best_model_metric
+from job.workspace import Workspace
 
 RECORD = "search.json"  # beside the run's checkpoints
 TRIALS_FILE = "search_trials.jsonl"  # in the published run
@@ -101,16 +103,17 @@ def search(
     """Run the trials not yet recorded, then pick the best; `final_started`: the final
     training has checkpoints already, so only the recorded choice may be used."""
     optuna = _optuna()
-    metric = best_model_metric(settings, prepared.labels)
+    metric = metrics.best_model_metric(settings.metric_for_best_model, prepared.labels.problem_type)
+    assert metric is not None  # a real problem type always has one
     header: dict[str, Any] = {
         "metric": metric,
         "split": "validation",
-        "direction": "minimize" if metric in LOWER_IS_BETTER else "maximize",
+        "direction": "maximize" if metrics.greater_is_better(metric) else "minimize",
         "sampler": "optuna TPE",
         "seed": settings.seed,
         "space": space(settings),
     }
-    record = _Record(saved, settings)
+    record = _Record(saved)
     previous = record.load()
     if previous is not None and {k: previous.get(k) for k in header} != header:
         raise ConfigError(
@@ -221,8 +224,9 @@ def _run_trial(
     params: dict[str, Any],
     stop: StopRequest,
 ) -> dict[str, Any]:
-    folder = settings.run_work_dir() / "search" / f"trial-{number}"
-    checkpoints = folder / "checkpoints"
+    work = Workspace.of(settings).trial(number)
+    folder = work.root
+    checkpoints = work.checkpoint_mirror
     # A trial cut short by a stop request resumes from its own checkpoint, if it is the same trial.
     same = (folder / _PARAMS).is_file() and json.loads((folder / _PARAMS).read_text()) == params
     if not same:
@@ -240,8 +244,8 @@ def _run_trial(
                 prepared,
                 model_path,
                 topology,
-                folder,
-                checkpoints=Checkpoints(local=checkpoints, remote=None),
+                work,
+                checkpoints=checkpoints,
                 resume=resume,
                 stop=stop,
             )
@@ -298,43 +302,14 @@ def _optuna() -> Any:
 
 
 class _Record:
-    """The search so far, as JSON beside the run's checkpoints (mirrored to S3 when they are there)."""
+    """The search so far, as JSON in the run's durable checkpoint folder (FT_CHECKPOINT_DIR, S3 included)."""
 
-    def __init__(self, saved: Checkpoints, settings: Settings) -> None:
-        self.local = saved.local / RECORD
-        self.remote = f"{saved.remote}{RECORD}" if saved.remote else None
-        self.settings = settings
-
-    @property
-    def location(self) -> str:
-        return self.remote or str(self.local)
+    def __init__(self, saved: Checkpoints) -> None:
+        self.store = saved.store
+        self.location = f"{saved.store.location.rstrip('/')}/{RECORD}"
 
     def load(self) -> dict[str, Any] | None:
-        if self.remote:
-            from job.storage.s3 import read_object
-
-            body = read_object(self.remote, self.settings, variable="FT_CHECKPOINT_DIR")
-        else:
-            body = self.local.read_bytes() if self.local.is_file() else None
-        if body is None:
-            return None
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise StorageError(
-                f"FT_CHECKPOINT_DIR: the search record {self.location} is not valid JSON; delete it to search again"
-            ) from None
+        return read_json(self.store, RECORD, fix="delete it to search again")
 
     def save(self, document: dict[str, Any]) -> None:
-        self.local.parent.mkdir(parents=True, exist_ok=True)
-        write_json(self.local, document)
-        if self.remote:
-            from job.storage.s3 import write_object
-
-            write_object(
-                self.remote,
-                self.local.read_bytes(),
-                self.settings,
-                variable="FT_CHECKPOINT_DIR",
-                content_type="application/json",
-            )
+        write_object(self.store, RECORD, document)

@@ -1,4 +1,4 @@
-"""Fine-tune with transformers' Trainer (accelerate underneath), evaluate, save.
+"""The Trainer wiring: fine-tune with transformers' Trainer (accelerate underneath), evaluate, save.
 
 Runs the same in a single process and in every rank of a distributed launch:
 the Trainer shards batches and gathers evaluation outputs over all ranks, and
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,85 +26,20 @@ from transformers import (
     set_seed,
 )
 
-from job import metrics, trackers
+from job import device, metrics, trackers
+from job.artifacts import TRAIN_LOG
 from job.checkpoints import CheckpointCallback
-from job.errors import ConfigError, TrainingError
-from job.files import write_json
-from job.labels import MULTI, REGRESSION, SINGLE, LabelSpec
+from job.errors import TrainingError
 from job.logs import get_logger
 from job.modeling import load_model, load_tokenizer
 from job.preemption import StopRequest
 from job.prepare import PreparedData
+from job.results import Prediction, TrainOutcome
 from job.sampling import LengthBucketSampler
-from job.settings import (
-    CLASSIFICATION_METRICS,
-    LOWER_IS_BETTER,
-    MULTI_LABEL_METRICS,
-    REGRESSION_METRICS,
-    Settings,
-)
+from job.settings import Settings
 from job.tokenization import LENGTH
 
-TRAIN_LOG = "train_log.jsonl"
-
 log = get_logger("job.training")
-
-
-@dataclass
-class Prediction:
-    logits: np.ndarray
-    labels: np.ndarray | None  # None for an unlabelled split
-    index: list[int]  # source row of each prediction
-    loss: float | None = None
-
-
-@dataclass
-class TrainOutcome:
-    validation: Prediction
-    test: Prediction | None
-    best_metric: str
-    best_value: float | None
-    stats: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_precision(setting: str) -> str:
-    """`no`, `bf16` or `fp16`, checked against the hardware."""
-    cuda = torch.cuda.is_available()
-    if setting == "auto":
-        if not cuda:
-            return "bf16" if cpu_has_native_bf16() else "no"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if setting == "fp16" and not cuda:
-        raise ConfigError("FT_MIXED_PRECISION=fp16 needs a CUDA GPU; use bf16, no or auto on CPU")
-    if setting == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise ConfigError("FT_MIXED_PRECISION=bf16 is not supported by this GPU; use fp16 or auto")
-    if setting == "bf16" and not cuda and not cpu_has_native_bf16():
-        # Measured: 17x slower than fp32 per MiniLM step with oneDNN limited to AVX2 (bench/README.md).
-        log.warning(
-            "precision.emulated",
-            detail="FT_MIXED_PRECISION=bf16 on a CPU without bf16 instructions (AVX512-BF16) is emulated and "
-            "many times slower than fp32; use auto or no",
-        )
-    return setting
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16: AMD Zen 4 and
-    later, Intel Cooper Lake, Sapphire Rapids and later), where bf16 autocast halves
-    the time of a MiniLM training step (bench/README.md)."""
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private; absent before torch 2.3
-    return bool(probe and probe())
-
-
-def best_model_metric(settings: Settings, spec: LabelSpec) -> str:
-    metric = settings.metric_for_best_model or metrics.default_metric(spec)
-    allowed = {SINGLE: CLASSIFICATION_METRICS, MULTI: MULTI_LABEL_METRICS, REGRESSION: REGRESSION_METRICS}
-    if metric not in allowed[spec.problem_type]:
-        raise ConfigError(
-            f"FT_METRIC_FOR_BEST_MODEL={metric} does not apply to {spec.problem_type}; "
-            f"use one of {', '.join(allowed[spec.problem_type])}"
-        )
-    return metric
 
 
 def out_of_memory(settings: Settings, max_length: int) -> TrainingError:
@@ -133,12 +67,13 @@ def train_and_evaluate(
     only the main process writes to `staging`. A stop request saves a checkpoint and
     raises Preempted.
     """
-    precision = resolve_precision(settings.mixed_precision)
-    metric = best_model_metric(settings, prepared.labels)
+    precision = device.precision(settings.mixed_precision)
+    metric = metrics.best_model_metric(settings.metric_for_best_model, prepared.labels.problem_type)
+    assert metric is not None  # a real problem type always has one
     set_seed(settings.seed)
     tokenizer = load_tokenizer(model_path, settings)
     model = load_model(model_path, settings, prepared.labels)
-    args = _arguments(settings, checkpoints, precision, metric)
+    args = arguments(settings, checkpoints, precision, metric)
     callbacks: list[TrainerCallback] = [
         ProgressLog(staging / TRAIN_LOG),
         NonFiniteLossGuard(),
@@ -153,8 +88,8 @@ def train_and_evaluate(
         train_dataset=prepared.train,
         eval_dataset=prepared.validation,
         processing_class=tokenizer,
-        # Pad each batch only to its longest row; multiples of 8 suit tensor cores.
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None),
+        # Pad each batch only to its longest row.
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=device.pad_multiple()),
         compute_metrics=lambda p: metrics.scalars(p.predictions, p.label_ids, prepared.labels),
         callbacks=callbacks,
         lengths=list(prepared.train[LENGTH]) if settings.group_by_length else None,
@@ -169,7 +104,7 @@ def train_and_evaluate(
         batch_size=settings.batch_size,
         effective_batch_size=args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
         world_size=args.world_size,
-        device=_device_name(),
+        device=device.device_name(count=True),
         precision=precision,
         best_model_metric=metric,
     )
@@ -192,7 +127,7 @@ def train_and_evaluate(
     stats = _throughput(trainer, result.metrics)
     stats.update(
         precision=precision,
-        device=_device_name(),
+        device=device.device_name(count=True),
         world_size=args.world_size,
         steps=result.global_step,
         epochs=round(float(trainer.state.epoch or 0), 4),
@@ -211,16 +146,17 @@ def train_and_evaluate(
     )
 
 
-def _arguments(settings: Settings, checkpoints: Path, precision: str, metric: str) -> TrainingArguments:
-    cuda = torch.cuda.is_available()
+def arguments(settings: Settings, checkpoints: Path, precision: str, metric: str) -> TrainingArguments:
+    """The run's TrainingArguments; `check` plans its steps from the same ones."""
+    cuda = device.cuda()
     strategy = "steps" if settings.eval_steps else "epoch"
-    workers = settings.dataloader_workers if settings.dataloader_workers is not None else (2 if cuda else 0)
+    workers = device.dataloader_workers(settings)
     return TrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps or -1,
         per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.eval_batch_size or 2 * settings.batch_size,
+        per_device_eval_batch_size=device.eval_batch_size(settings),
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         learning_rate=settings.learning_rate,
         weight_decay=settings.weight_decay,
@@ -231,7 +167,7 @@ def _arguments(settings: Settings, checkpoints: Path, precision: str, metric: st
         data_seed=settings.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        tf32=True if cuda and torch.cuda.get_device_capability()[0] >= 8 else None,
+        tf32=device.tf32(),
         use_cpu=not cuda,
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         eval_strategy=strategy,
@@ -241,7 +177,7 @@ def _arguments(settings: Settings, checkpoints: Path, precision: str, metric: st
         save_total_limit=settings.save_total_limit,  # the Trainer keeps the best one beside these
         load_best_model_at_end=True,
         metric_for_best_model=metric,
-        greater_is_better=metric not in LOWER_IS_BETTER,
+        greater_is_better=metrics.greater_is_better(metric),
         logging_strategy="steps",
         logging_steps=settings.logging_steps,
         logging_first_step=True,
@@ -391,62 +327,3 @@ def _throughput(trainer: _Trainer, train_metrics: dict[str, Any]) -> dict[str, A
         "processed_tokens": processed,
         "padding_efficiency": round(real / processed, 4) if processed else None,
     }
-
-
-def _device_name() -> str:
-    if torch.cuda.is_available():
-        return f"cuda ({torch.cuda.get_device_name(0)} x{torch.cuda.device_count()})"
-    return "cpu"
-
-
-_OUTCOME, _ARRAYS = "outcome.json", "predictions.npz"
-
-
-def save_outcome(outcome: TrainOutcome, folder: Path) -> None:
-    """Rank 0 hands its results to the launcher through files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays: dict[str, np.ndarray] = {}
-    for split, prediction in (("validation", outcome.validation), ("test", outcome.test)):
-        if prediction is None:
-            continue
-        arrays[f"{split}_logits"] = prediction.logits
-        arrays[f"{split}_index"] = np.asarray(prediction.index)
-        if prediction.labels is not None:
-            arrays[f"{split}_labels"] = prediction.labels
-    np.savez(folder / _ARRAYS, **arrays)
-    losses = {"validation": outcome.validation.loss, "test": outcome.test.loss if outcome.test else None}
-    write_json(
-        folder / _OUTCOME,
-        {
-            "best_metric": outcome.best_metric,
-            "best_value": outcome.best_value,
-            "stats": outcome.stats,
-            "losses": losses,
-        },
-    )
-
-
-def load_outcome(folder: Path) -> TrainOutcome:
-    meta = json.loads((folder / _OUTCOME).read_text())
-    with np.load(folder / _ARRAYS) as arrays:
-        found = dict(arrays)
-
-    def prediction(split: str) -> Prediction | None:
-        if f"{split}_logits" not in found:
-            return None
-        return Prediction(
-            logits=found[f"{split}_logits"],
-            labels=found.get(f"{split}_labels"),
-            index=[int(i) for i in found[f"{split}_index"]],
-            loss=meta["losses"][split],
-        )
-
-    validation = prediction("validation")
-    assert validation is not None
-    return TrainOutcome(
-        validation=validation,
-        test=prediction("test"),
-        best_metric=meta["best_metric"],
-        best_value=meta["best_value"],
-        stats=meta["stats"],
-    )

@@ -19,8 +19,8 @@ from job.errors import VerificationError
 from job.labels import REGRESSION
 from job.logs import get_logger
 from job.prepare import PreparedData
+from job.results import Prediction
 from job.settings import Settings
-from job.training import Prediction
 
 log = get_logger("job.verify")
 

@@ -136,6 +136,21 @@ def write(path: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
+def kernel_cpu_flags() -> set[str]:
+    """The CPU's feature flags as the Linux kernel reports them: what tests expect the
+    job's hardware policy to find, read independently of it."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":")[1].split()}
+
+
+def cpu_bf16_expected() -> bool:
+    """Whether `auto` should pick bf16 on this CPU: it has AVX512-BF16 instructions."""
+    return "avx512_bf16" in kernel_cpu_flags()
+
+
 def score_tolerance(*precisions: str) -> float:
     """How far a score may move between two scorings of one model: batch composition
     alone moves fp32 scores by ~1e-5; bf16 autocast (chosen on GPUs and on CPUs with
@@ -143,21 +158,46 @@ def score_tolerance(*precisions: str) -> float:
     return 1e-4 if all(p == "no" for p in precisions) else 1e-2
 
 
+def ft_env(root: Path, model: Path | str, dataset: Path | str | None = None, **variables: str) -> dict[str, str]:
+    """The settings of a CLI run of `model` on `dataset`, its output and cache under `root`,
+    logging JSON; keyword arguments set further variables (FT_RUN_ID="x") or override these."""
+    env = {
+        "FT_MODEL": str(model),
+        "FT_OUTPUT": str(root / "outputs"),
+        "FT_CACHE_DIR": str(root / "cache"),
+        "FT_LOG_FORMAT": "json",
+    }
+    if dataset is not None:
+        env["FT_DATASET"] = str(dataset)
+    return {**env, **variables}
+
+
+def clean_environ(*, keep_aws: bool = False) -> dict[str, str]:
+    """This process's environment without FT_*, AWS or token variables, offline: what a job
+    started by a test inherits, so nothing from the developer's shell configures it.
+    `keep_aws`: the AWS variables a test's S3 fixture set stay."""
+    dropped = ("FT_",) if keep_aws else ("FT_", "AWS_")
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(dropped) and k != "HF_TOKEN"}
+    return {**inherited, "HF_HUB_OFFLINE": "1"}
+
+
 def run_cli(
-    *command: str, env: dict[str, str], cwd: Path, timeout: float = 300
+    *command: str, env: dict[str, str], cwd: Path, timeout: float = 300, log_lines: bool = True
 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
-    """`python -m job <command>` in a subprocess, configured by `env` alone (no FT_*, AWS
-    or token variables from this shell); its result and its log events, every line JSON."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("FT_", "AWS_")) and k != "HF_TOKEN"}
+    """`python -m job <command>` in a subprocess, configured by `env` alone (see clean_environ);
+    its result and its log events, every line JSON (`log_lines=False`: stdout is not a log,
+    e.g. --print-config, and no events are parsed)."""
     result = subprocess.run(
         [sys.executable, "-m", "job", *command],
-        env={**inherited, "HF_HUB_OFFLINE": "1", **env},
+        env={**clean_environ(), **env},
         cwd=cwd,
         check=False,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+    if not log_lines:
+        return result, []
     events = [json.loads(line) for line in result.stdout.splitlines()]  # fails on any non-JSON line
     return result, events
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import VOCAB, rows, write
+from conftest import VOCAB, ft_env, rows, write
 
 from job import cli
 from job.errors import ExitCode
@@ -156,10 +156,7 @@ def test_bad_input_gives_one_line_the_exit_code_and_nothing_complete(  # noqa: P
 ) -> None:
     setup, code, message = CASES[case]
     good = write(tmp_path / "good" / "train.jsonl", TWO_CLASSES).parent
-    values = {
-        "FT_MODEL": str(tiny_model), "FT_DATASET": str(good), "FT_OUTPUT": str(tmp_path / "outputs"),
-        "FT_CACHE_DIR": str(tmp_path / "cache"), "FT_RUN_ID": "bad", "FT_EPOCHS": "1", "FT_LOG_FORMAT": "json",
-    }  # fmt: skip
+    values = ft_env(tmp_path, tiny_model, good, FT_RUN_ID="bad", FT_EPOCHS="1")
     values.update(setup(tmp_path, tiny_model))
     if values.pop("_S3", None):
         request.getfixturevalue("s3")  # the local S3 server and its credentials

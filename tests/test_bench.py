@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from job.training import resolve_precision
+import torch
+from conftest import cpu_bf16_expected
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,8 @@ def test_bench_runs_every_recipe_and_writes_results(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     document = json.loads((tmp_path / "results.json").read_text())
     results = document["results"]
-    bf16 = resolve_precision("auto") == "bf16"  # then a Trainer with bf16 set by hand runs too
+    # Where the job picks bf16 (a bf16 GPU, or a CPU with bf16 instructions), a Trainer with bf16 set by hand runs too.
+    bf16 = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_bf16_expected()
     assert set(results) == {"walkthrough", "tuned", "job"} | ({"tuned-bf16"} if bf16 else set())
     assert results["job"]["precision"] == ("bf16" if bf16 else "no") and results["tuned"]["precision"] == "no"
     assert set(document["ratios"]) == {f"job_vs_{name}" for name in results if name != "job"}

@@ -13,11 +13,12 @@ from conftest import rows, write
 from PIL import Image
 
 from job import charts
+from job.artifacts import TRAIN_LOG
 from job.labels import MULTI, SINGLE, LabelSpec
 from job.logs import configure_logging
 from job.main import main
+from job.results import Prediction
 from job.storage import COMPLETE
-from job.training import TRAIN_LOG, Prediction
 
 
 def dataset(tmp_path: Path, kind: str, n: int = 120) -> Path:

@@ -4,6 +4,7 @@ FT_CHECKPOINT_DIR."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 from collections import Counter
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import rows, run_cli, write
+from conftest import ft_env, rows, run_cli, write
 from hub_standin import HubStandIn
 from s3_helpers import objects
 
@@ -24,16 +25,8 @@ from job.errors import ExitCode, StorageError
 def run_job(
     tmp_path: Path, tiny_model: Path, *command: str, **env: str
 ) -> tuple[subprocess.CompletedProcess[str], list]:
-    settings = {
-        "FT_MODEL": str(tiny_model),
-        "FT_OUTPUT": str(tmp_path / "new" / "outputs"),
-        "FT_CACHE_DIR": str(tmp_path / "cache"),
-        "FT_RUN_ID": "check-run",
-        "FT_EPOCHS": "2",
-        "FT_BATCH_SIZE": "16",
-        "FT_LOG_FORMAT": "json",
-        **env,
-    }
+    defaults = {"FT_OUTPUT": str(tmp_path / "new" / "outputs"), "FT_RUN_ID": "check-run", "FT_EPOCHS": "2"}
+    settings = ft_env(tmp_path, tiny_model, **{**defaults, "FT_BATCH_SIZE": "16", **env})
     return run_cli(*command, env=settings, cwd=tmp_path)
 
 
@@ -82,8 +75,6 @@ def test_check_reports_the_data_as_written_and_writes_nothing(tmp_path: Path, ti
     assert plan["effective_batch_size"] == 16 and plan["world_size"] == 1 and plan["evaluations"] == 2
     estimate = found["check.estimate"]
     assert estimate["device"] == "cpu" and estimate["seconds_per_step"] > 0
-    # Rounded to 0.1 s: a fast CPU (bf16) can take under 0.05 s for these 16 steps of the tiny model.
-    assert estimate["train_s"] == pytest.approx(estimate["seconds_per_step"] * plan["total_steps"], abs=0.06)
     assert estimate["total_s"] >= estimate["train_s"] and "estimate" in estimate["basis"]
 
     assert IMBALANCE_RATIO <= 110 / 10
@@ -194,6 +185,20 @@ def test_hub_rights_are_checked_without_creating_the_repo(make_settings, hub: Hu
     writer = make_settings(dataset=str(data.parent), output="hf://acme/m", hf_token="hf_writer", epochs=1)
     assert check(writer)["status"] == "passed"
     assert hub.state.repos == {} and not [r for r in hub.state.requests if r.startswith("POST")]
+
+
+def test_the_estimate_predicts_the_runs_training_time(make_settings, tmp_path: Path) -> None:
+    from job.main import main
+
+    data = write(tmp_path / "d" / "train.jsonl", rows("binary", 240))
+    # Enough steps (15 a epoch) that the run's step time, not its fixed costs, is measured.
+    settings = make_settings(dataset=str(data.parent), epochs=12, charts=False)
+    estimate = check(settings)["estimate"]
+    run = Path(main(settings)["location"])
+    training = json.loads((run / "run_manifest.json").read_text())["training"]
+    stepping = training["train_runtime_s"] - training["in_loop_evaluation_s"] - training["in_loop_checkpoint_s"]
+    # An estimate from 3 timed steps on a shared 2-core machine: the right size, not to the percent.
+    assert stepping / 3 <= estimate["train_s"] <= stepping * 3, (estimate, training)
 
 
 def test_a_search_is_counted_in_the_estimate(make_settings, tmp_path: Path) -> None:

@@ -7,24 +7,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import rows, run_cli, write
+from conftest import ft_env, rows, run_cli, write
 
 from job import cli
 from job.errors import ExitCode
 
 
 def run_job(tmp_path: Path, tiny_model: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
-    settings = {
-        "FT_MODEL": str(tiny_model),
-        "FT_OUTPUT": str(tmp_path / "outputs"),
-        "FT_CACHE_DIR": str(tmp_path / "cache"),
-        "FT_RUN_ID": "cli-run",
-        "FT_EPOCHS": "2",
-        "FT_BATCH_SIZE": "16",
-        "FT_LEARNING_RATE": "3e-3",
-        "FT_LOGGING_STEPS": "5",
-        **env,
-    }
+    defaults = {"FT_RUN_ID": "cli-run", "FT_EPOCHS": "2", "FT_BATCH_SIZE": "16", "FT_LEARNING_RATE": "3e-3"}
+    settings = ft_env(tmp_path, tiny_model, **{**defaults, "FT_LOGGING_STEPS": "5", **env})
     return run_cli(env=settings, cwd=tmp_path)
 
 

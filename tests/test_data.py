@@ -11,8 +11,8 @@ from transformers import AutoTokenizer
 
 from job import data
 from job.errors import ConfigError, DataError
-from job.locations import Location
 from job.prepare import prepare
+from job.storage import Location
 
 
 def prepared_for(settings, tiny_model: Path):

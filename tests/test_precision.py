@@ -8,23 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import rows, run_cli, write
+from conftest import cpu_bf16_expected, ft_env, rows, run_cli, write
 from safetensors.torch import load_file
 
-from job.training import cpu_has_native_bf16, resolve_precision
-
-
-def _kernel_cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":")[1].split()}
+from job.device import cpu_has_native_bf16
+from job.device import precision as resolve_precision
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="auto picks by the GPU when there is one")
 def test_auto_picks_bf16_on_cpu_exactly_where_the_kernel_reports_bf16_instructions() -> None:
-    native = "avx512_bf16" in _kernel_cpu_flags()
+    native = cpu_bf16_expected()
     assert cpu_has_native_bf16() is native
     assert resolve_precision("auto") == ("bf16" if native else "no")
     assert resolve_precision("no") == "no"
@@ -34,15 +27,14 @@ def test_auto_picks_bf16_on_cpu_exactly_where_the_kernel_reports_bf16_instructio
 def test_a_bf16_run_on_cpu_learns_verifies_and_saves_fp32_weights(tmp_path: Path, tiny_model: Path) -> None:
     folder = tmp_path / "data"
     write(folder / "train.jsonl", rows("binary", 240))
-    env = {
-        "FT_MODEL": str(tiny_model), "FT_DATASET": str(folder), "FT_OUTPUT": str(tmp_path / "out"),
-        "FT_CACHE_DIR": str(tmp_path / "cache"), "FT_RUN_ID": "bf16", "FT_EPOCHS": "4", "FT_LEARNING_RATE": "3e-3",
-        "FT_WARMUP_RATIO": "0", "FT_BATCH_SIZE": "16", "FT_MIXED_PRECISION": "bf16",
-    }  # fmt: skip
+    env = ft_env(
+        tmp_path, tiny_model, folder, FT_OUTPUT=str(tmp_path / "out"), FT_RUN_ID="bf16", FT_EPOCHS="4",
+        FT_LEARNING_RATE="3e-3", FT_WARMUP_RATIO="0", FT_BATCH_SIZE="16", FT_MIXED_PRECISION="bf16",
+    )  # fmt: skip
     result, events = run_cli(env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # Where bf16 is emulated the run still works, but says it is slow.
-    assert any(e["event"] == "precision.emulated" for e in events) is not cpu_has_native_bf16()
+    assert any(e["event"] == "precision.emulated" for e in events) is not cpu_bf16_expected()
     run = tmp_path / "out" / "bf16"
 
     manifest = json.loads((run / "run_manifest.json").read_text())

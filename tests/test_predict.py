@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import rows, run_cli, score_tolerance, write
+from conftest import ft_env, rows, run_cli, score_tolerance, write
 from s3_helpers import objects, upload_folder
 
 from job import cli
@@ -74,14 +74,10 @@ def test_cli_scores_unlabelled_rows_like_the_training_run_and_a_rerun_is_a_no_op
     trained: Trained, tmp_path: Path
 ) -> None:
     unlabelled = write(tmp_path / "new" / "reviews.csv", [{"text": r["text"]} for r in trained.test_rows])
-    env = {
-        "FT_MODEL": str(trained.run),
-        "FT_DATASET": str(unlabelled),
-        "FT_OUTPUT": str(tmp_path / "predictions"),
-        "FT_CACHE_DIR": str(tmp_path / "cache"),
-        "FT_RUN_ID": "nightly",
-        "FT_PREDICT_ALL_SCORES": "true",
-    }
+    env = ft_env(
+        tmp_path, trained.run, unlabelled, FT_OUTPUT=str(tmp_path / "predictions"), FT_RUN_ID="nightly",
+        FT_PREDICT_ALL_SCORES="true",
+    )  # fmt: skip
 
     def run() -> list[dict]:
         result, events = run_cli("predict", env=env, cwd=tmp_path)
@@ -268,15 +264,9 @@ def test_bad_input_gives_one_error_line_and_the_exit_code(  # noqa: PLR0917 (fix
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     setup, code, message = BAD[case]
-    values = {
-        "FT_MODEL": str(trained.run),
-        "FT_DATASET": str(write(tmp_path / "good.csv", [{"text": r["text"]} for r in trained.test_rows])),
-        "FT_OUTPUT": str(tmp_path / "predictions"),
-        "FT_CACHE_DIR": str(tmp_path / "cache"),
-        "FT_RUN_ID": "bad",
-        "FT_LOG_FORMAT": "json",
-        **setup(tmp_path, trained, tiny_model),
-    }
+    good = write(tmp_path / "good.csv", [{"text": r["text"]} for r in trained.test_rows])
+    defaults = {"FT_OUTPUT": str(tmp_path / "predictions"), "FT_RUN_ID": "bad"}
+    values = ft_env(tmp_path, trained.run, good, **{**defaults, **setup(tmp_path, trained, tiny_model)})
     for name, value in values.items():
         clean_env.setenv(name, value)
 

@@ -7,7 +7,6 @@ output is ever marked complete while partial.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import rows, write
+from conftest import clean_environ, ft_env, rows, write
 
 from job.errors import ExitCode
 from job.files import sha256_of
@@ -28,23 +27,9 @@ Event = dict[str, Any]
 
 
 def job_env(root: Path, tiny_model: Path, data: Path, **env: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FT_") and k != "HF_TOKEN"}
-    return {
-        **base,
-        "FT_MODEL": str(tiny_model),
-        "FT_DATASET": str(data),
-        "FT_OUTPUT": str(root / "outputs"),
-        "FT_CACHE_DIR": str(root / "cache"),
-        "FT_RUN_ID": "preempted",
-        "FT_EPOCHS": "2",
-        "FT_BATCH_SIZE": "8",
-        "FT_LEARNING_RATE": "3e-3",
-        "FT_LOGGING_STEPS": "1",
-        "FT_SAVE_STEPS": "10",
-        "FT_LOG_FORMAT": "json",
-        "HF_HUB_OFFLINE": "1",
-        **env,
-    }
+    defaults = {"FT_RUN_ID": "preempted", "FT_EPOCHS": "2", "FT_BATCH_SIZE": "8", "FT_LEARNING_RATE": "3e-3"}
+    settings = ft_env(root, tiny_model, data, **{**defaults, "FT_LOGGING_STEPS": "1", "FT_SAVE_STEPS": "10", **env})
+    return {**clean_environ(keep_aws=True), **settings}
 
 
 def attempt(

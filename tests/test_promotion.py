@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import rows, write
+from conftest import ft_env, rows, write
 
 from job import cli
 from job.errors import ExitCode, NotPromoted
@@ -46,11 +46,9 @@ def test_first_run_is_promoted_and_a_worse_one_is_kept_as_candidate(make_setting
 
 
 def test_threshold_not_reached_exits_7_through_the_cli(clean_env, data: Path, tmp_path: Path, tiny_model: Path) -> None:
-    for name, value in {
-        "FT_MODEL": str(tiny_model), "FT_DATASET": str(data), "FT_OUTPUT": str(tmp_path / "outputs"),
-        "FT_CACHE_DIR": str(tmp_path / "cache"), "FT_RUN_ID": "gated", "FT_EPOCHS": "1",
-        "FT_PROMOTE_MIN": "1.01", "FT_LOG_FORMAT": "json",
-    }.items():  # fmt: skip
+    for name, value in ft_env(
+        tmp_path, tiny_model, data, FT_RUN_ID="gated", FT_EPOCHS="1", FT_PROMOTE_MIN="1.01"
+    ).items():
         clean_env.setenv(name, value)
     assert cli.run([]) == ExitCode.NOT_PROMOTED
     assert (tmp_path / "outputs" / "gated" / "_COMPLETE.json").is_file()

@@ -6,15 +6,19 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import rows, write
+from conftest import ft_env, rows, write
 from s3_helpers import objects, sha256, upload_folder
 from transformers import pipeline
 
 from job.errors import StorageError
 from job.main import main
 from job.settings import Settings
-from job.storage import COMPLETE
-from job.storage.s3 import download
+from job.storage import COMPLETE, classify, fetch
+
+
+def download(uri: str, settings: Settings) -> Path:
+    """The dataset mirror the job reads, through the storage seam's public entry."""
+    return fetch(classify(uri, "FT_DATASET", what="dataset"), settings, data_only=True)
 
 
 def dataset_in_s3(s3, bucket: str, tmp_path: Path, prefix: str = "sets/reviews") -> str:
@@ -92,14 +96,14 @@ def test_model_from_s3_and_explicit_split_files(
 def test_downloads_are_mirrored_once_and_refreshed_when_changed(s3, bucket: str, tmp_path: Path) -> None:
     uri = dataset_in_s3(s3, bucket, tmp_path)
     settings = Settings(_env_file=None, model="m", dataset=uri, cache_dir=tmp_path / "cache")  # type: ignore[call-arg]
-    mirror = download(uri, settings, variable="FT_DATASET", data_only=True)
+    mirror = download(uri, settings)
     assert sorted(p.name for p in mirror.glob("*.csv")) == ["test.csv", "train.csv", "validation.csv"]
     assert not (mirror / "README.md").exists()  # not a data file
     stamps = {p.name: p.stat().st_mtime_ns for p in mirror.glob("*.csv")}
-    assert download(uri, settings, variable="FT_DATASET", data_only=True) == mirror
+    assert download(uri, settings) == mirror
     assert {p.name: p.stat().st_mtime_ns for p in mirror.glob("*.csv")} == stamps  # nothing fetched again
     s3.put_object(Bucket=bucket, Key="sets/reviews/test.csv", Body=b"text,label\nnew,1\n")
-    download(uri, settings, variable="FT_DATASET", data_only=True)
+    download(uri, settings)
     assert (mirror / "test.csv").read_bytes() == b"text,label\nnew,1\n"
     assert (mirror / "train.csv").stat().st_mtime_ns == stamps["train.csv"]
 
@@ -124,7 +128,7 @@ def test_keys_escaping_the_cache_are_refused(s3, bucket: str, tmp_path: Path) ->
         StorageError,
         match=r"^FT_DATASET=s3://.*/sets/ok: object key '\.\./\.\./\.\./\.\./escape.csv' would escape the local cache",
     ):
-        download(f"s3://{bucket}/sets/ok", settings, variable="FT_DATASET", data_only=True)
+        download(f"s3://{bucket}/sets/ok", settings)
     assert not list(tmp_path.rglob("escape.csv"))
 
 
@@ -186,11 +190,13 @@ def test_cli_storage_error_exits_6_and_hides_the_secret(s3, tmp_path: Path, tiny
 
     from s3_helpers import SECRET_KEY
 
+    # AWS_* from the test's S3 fixture, not from a clean environment: the secret to look for is in them.
     env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
     env.update(
-        FT_MODEL=str(tiny_model), FT_DATASET=str(write(tmp_path / "t.csv", rows("binary", 20))),
-        FT_OUTPUT="s3://missing-bucket-for-cli/runs", FT_CACHE_DIR=str(tmp_path / "cache"), FT_LOG_FORMAT="json",
-        FT_LOG_LEVEL="debug",
+        ft_env(
+            tmp_path, tiny_model, write(tmp_path / "t.csv", rows("binary", 20)),
+            FT_OUTPUT="s3://missing-bucket-for-cli/runs", FT_LOG_LEVEL="debug",
+        )
     )  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-m", "job"], env=env, cwd=tmp_path, capture_output=True, text=True, check=False, timeout=300

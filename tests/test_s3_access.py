@@ -95,12 +95,11 @@ def test_identity_without_permissions_cannot_read(make_settings, clean_env, iam_
 
 def test_the_read_only_identity_can_read(make_settings, clean_env, iam_endpoint, tmp_path: Path) -> None:
     # The same server and policy allow what they should: the denial above is the policy's.
-    from job.storage.s3 import download
+    from job.storage import classify, fetch
 
     as_user(clean_env, iam_endpoint, "reader")
-    mirror = download(
-        "s3://locked/data", make_settings(dataset="s3://locked/data"), variable="FT_DATASET", data_only=True
-    )
+    location = classify("s3://locked/data", "FT_DATASET", what="dataset")
+    mirror = fetch(location, make_settings(dataset="s3://locked/data"), data_only=True)
     assert (mirror / "train.csv").read_bytes() == b"text,label\na,0\nb,1\n"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import rows, write
+from conftest import clean_environ, ft_env, rows, write
 
 from job import cli
 from job.errors import ConfigError, ExitCode
@@ -43,22 +43,11 @@ SETTING = {
 
 
 def job_env(root: Path, tiny_model: Path, data: Path, **env: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FT_") and k != "HF_TOKEN"}
-    return {**base, **settings_env(root, tiny_model, data, **env)}
+    return {**clean_environ(keep_aws=True), **settings_env(root, tiny_model, data, **env)}
 
 
 def settings_env(root: Path, tiny_model: Path, data: Path, **env: str) -> dict[str, str]:
-    return {
-        "FT_MODEL": str(tiny_model),
-        "FT_DATASET": str(data),
-        "FT_OUTPUT": str(root / "outputs"),
-        "FT_CACHE_DIR": str(root / "cache"),
-        "FT_LOGGING_STEPS": "5",
-        "FT_LOG_FORMAT": "json",
-        "HF_HUB_OFFLINE": "1",
-        **SEARCH,
-        **env,
-    }
+    return ft_env(root, tiny_model, data, **{"FT_LOGGING_STEPS": "5", "HF_HUB_OFFLINE": "1", **SEARCH, **env})
 
 
 def attempt(env: dict[str, str], stop_when: Callable[[Event], bool] | None = None) -> tuple[int, list[Event], str]:

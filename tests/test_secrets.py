@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import rows, write
+from conftest import ft_env, rows, write
 from s3_helpers import objects
 
 from job import cli
@@ -34,11 +34,12 @@ def test_a_full_run_with_s3_checkpoints_and_output_leaks_no_secret(
     # moto accepts any secret for a known access key id: the planted one is really used.
     env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
     env.update(
-        AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=AWS_SECRET, FT_HF_TOKEN=HF_SECRET,
-        FT_MODEL=str(tiny_model), FT_DATASET=str(write(tmp_path / "d" / "train.jsonl", rows("binary", 80)).parent),
-        FT_OUTPUT=f"s3://{bucket}/runs", FT_CHECKPOINT_DIR=f"s3://{bucket}/checkpoints", FT_SAVE_STEPS="2",
-        FT_CACHE_DIR=str(tmp_path / "cache"), FT_RUN_ID="secret-run", FT_EPOCHS="1", FT_LOG_FORMAT="json",
-        FT_LOG_LEVEL="debug", HF_HUB_OFFLINE="1",
+        ft_env(
+            tmp_path, tiny_model, write(tmp_path / "d" / "train.jsonl", rows("binary", 80)).parent,
+            AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=AWS_SECRET, FT_HF_TOKEN=HF_SECRET,
+            FT_OUTPUT=f"s3://{bucket}/runs", FT_CHECKPOINT_DIR=f"s3://{bucket}/checkpoints", FT_SAVE_STEPS="2",
+            FT_RUN_ID="secret-run", FT_EPOCHS="1", FT_LOG_LEVEL="debug", HF_HUB_OFFLINE="1",
+        )
     )  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-m", "job"], env=env, cwd=tmp_path, capture_output=True, text=True, check=False, timeout=300

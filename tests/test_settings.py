@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from job.config import load_settings
 from job.errors import ConfigError, ExitCode
@@ -131,20 +129,8 @@ def test_misspelt_variable_gets_a_suggestion(clean_env: pytest.MonkeyPatch) -> N
     assert "FT_ZZZ is not a setting and is ignored" in warnings
 
 
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FT_") and k != "HF_TOKEN"}
-    return subprocess.run(
-        [sys.executable, "-m", "job", *args],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-
-
 def test_cli_config_error_is_one_json_line_with_exit_code_2(tmp_path: Path) -> None:
-    result = run_cli(env={**REQUIRED, "FT_BATCH_SIZE": "lots", "FT_LOG_FORMAT": "json"})
+    result, _ = run_cli(env={**REQUIRED, "FT_BATCH_SIZE": "lots", "FT_LOG_FORMAT": "json"}, cwd=tmp_path, timeout=120)
     assert result.returncode == ExitCode.CONFIG == 2
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1, result.stdout
@@ -155,7 +141,8 @@ def test_cli_config_error_is_one_json_line_with_exit_code_2(tmp_path: Path) -> N
 
 
 def test_print_config_redacts_the_token(tmp_path: Path) -> None:
-    result = run_cli("--print-config", env={**REQUIRED, "HF_TOKEN": "hf_plantedsecret42", "FT_LOG_FORMAT": "json"})
+    env = {**REQUIRED, "HF_TOKEN": "hf_plantedsecret42", "FT_LOG_FORMAT": "json"}
+    result, _ = run_cli("--print-config", env=env, cwd=tmp_path, timeout=120, log_lines=False)
     assert result.returncode == 0, result.stdout + result.stderr
     config = json.loads(result.stdout)
     assert config["HF_TOKEN"] == "**********" and config["FT_MODEL"] == "some/model"

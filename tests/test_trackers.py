@@ -6,22 +6,21 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import rows, write
+from conftest import clean_environ, ft_env, rows, write
 
 from job import cli, trackers
+from job.artifacts import TRAIN_LOG
 from job.config import secret_values
 from job.errors import ConfigError, ExitCode
 from job.logs import configure_logging, get_logger
 from job.main import main
 from job.storage import COMPLETE
-from job.training import TRAIN_LOG
 
 
 def scalars(folder: Path, tag: str) -> dict[int, float]:
@@ -64,12 +63,13 @@ def test_tensorboard_events_hold_the_logged_losses_and_are_published(make_settin
 @pytest.mark.slow
 def test_a_resumed_run_publishes_tensorboard_events_of_the_whole_run(tmp_path: Path, tiny_model: Path) -> None:
     data = write(tmp_path / "data" / "train.jsonl", rows("binary", 100, seed=3)).parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FT_") and k != "HF_TOKEN"}
-    env.update(
-        FT_MODEL=str(tiny_model), FT_DATASET=str(data), FT_OUTPUT=str(tmp_path / "outputs"),
-        FT_CACHE_DIR=str(tmp_path / "cache"), FT_RUN_ID="resumed", FT_EPOCHS="2", FT_BATCH_SIZE="8",
-        FT_LOGGING_STEPS="4", FT_REPORT_TO="tensorboard", FT_LOG_FORMAT="json", HF_HUB_OFFLINE="1",
-    )  # fmt: skip
+    env = {
+        **clean_environ(),
+        **ft_env(
+            tmp_path, tiny_model, data, FT_RUN_ID="resumed", FT_EPOCHS="2", FT_BATCH_SIZE="8", FT_LOGGING_STEPS="4",
+            FT_REPORT_TO="tensorboard",
+        ),
+    }  # fmt: skip
     first = subprocess.Popen([sys.executable, "-m", "job"], env=env, stdout=subprocess.PIPE, text=True)
     assert first.stdout is not None
     for line in first.stdout:
@@ -94,12 +94,10 @@ def test_a_resumed_run_publishes_tensorboard_events_of_the_whole_run(tmp_path: P
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
 def test_a_tracker_that_is_not_installed_stops_the_job_before_any_work(tmp_path: Path, tiny_model: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FT_") and k != "HF_TOKEN"}
-    env.update(
-        FT_MODEL=str(tiny_model), FT_DATASET=str(tmp_path / "no-data-needed"), FT_OUTPUT=str(tmp_path / "outputs"),
-        FT_CACHE_DIR=str(tmp_path / "cache"), FT_REPORT_TO="tensorboard,wandb", FT_LOG_FORMAT="json",
-        HF_HUB_OFFLINE="1",
-    )  # fmt: skip
+    env = {
+        **clean_environ(),
+        **ft_env(tmp_path, tiny_model, tmp_path / "no-data-needed", FT_REPORT_TO="tensorboard,wandb"),
+    }
     result = subprocess.run(
         [sys.executable, "-m", "job"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
     )

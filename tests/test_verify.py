@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, DataCollatorWithPadding
 from job.errors import VerificationError
 from job.modeling import load_model
 from job.prepare import prepare
-from job.training import Prediction
+from job.results import Prediction
 from job.verify import verify_saved_model
 
 

@@ -1,53 +1,77 @@
-"""The storage seam: the only code that reads from or writes to S3 and the Hub.
+"""The storage seam: the only code that reads from or writes to S3 and the Hub, and the
+only place that turns a location setting into something to read or write.
 
-Inputs: `fetch` turns an s3:// dataset or model location into a local path (Hub
-inputs are read by transformers/datasets themselves). Outputs: `open_output` picks
-the backend for FT_OUTPUT; every backend publishes a verified staging folder and
-writes the completion manifest (`_COMPLETE.json`: every file, size, sha256) last.
+- `locations`: what FT_MODEL, FT_DATASET, FT_OUTPUT and FT_CHECKPOINT_DIR point at.
+- `open_folder`: a durable folder (local or mounted directory, S3 prefix) behind one
+  interface (`folder.Folder`): list, read, write and create-if-absent small objects,
+  put a whole tree, get objects, delete.
+- `open_output`: publishing a run to FT_OUTPUT (a folder, or a Hub model repo).
+- `fetch`: an S3 dataset or model mirrored into the local cache (Hub inputs are read
+  by transformers/datasets themselves).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from job.errors import ConfigError
-from job.locations import Location
 from job.settings import Settings
-from job.storage.base import COMPLETE, Output, completion_manifest
+from job.storage.folder import Entry, Folder, mirror, read_json, write_json
+from job.storage.locations import (
+    Location,
+    checkpoint_location,
+    classify,
+    data_format_of,
+    output_location,
+)
+from job.storage.outputs import COMPLETE, LATEST, Output, completion_manifest
 
-__all__ = ["COMPLETE", "Output", "completion_manifest", "fetch", "open_output"]
+__all__ = [
+    "COMPLETE",
+    "LATEST",
+    "Entry",
+    "Folder",
+    "Location",
+    "Output",
+    "checkpoint_location",
+    "classify",
+    "completion_manifest",
+    "data_format_of",
+    "fetch",
+    "mirror",
+    "open_folder",
+    "open_output",
+    "output_location",
+    "read_json",
+    "write_json",
+]
+
+
+def open_folder(location: Location, settings: Settings) -> Folder:
+    """A local or S3 location as a durable folder (the Hub is not one: see `open_output`)."""
+    if location.kind == "s3":
+        from job.storage.s3_folder import S3Folder
+
+        return S3Folder(location.ref, settings, location.variable)
+    from job.storage.local import LocalFolder
+
+    return LocalFolder(location.path, location.variable)
 
 
 def open_output(settings: Settings) -> Output:
-    value = settings.output
-    scheme, sep, rest = value.partition("://")
-    scheme = scheme.lower() if sep else ""
-    if scheme in ("", "file"):
-        from job.storage.local import LocalOutput
-
-        return LocalOutput(Path(rest if sep else value).expanduser(), settings.run_id)
-    if scheme == "s3":
-        from job.storage.s3 import S3Output
-
-        return S3Output(value, settings)
-    if scheme == "hf":
+    location = output_location(settings)
+    if location.kind == "hub":
         from job.storage.hub import HubOutput
 
-        return HubOutput(value, settings)
-    raise ConfigError(
-        f"FT_OUTPUT='{value}' uses the unsupported scheme '{scheme}://'; use a local directory, "
-        "s3://bucket/prefix or hf://org/name"
-    )
+        return HubOutput(location, settings)
+    from job.storage.outputs import FolderOutput
+
+    return FolderOutput(open_folder(location, settings), settings.run_id, probe_run=location.kind == "s3")
 
 
-def fetch(location: Location, settings: Settings, *, variable: str, data_only: bool) -> Path:
-    """A local path holding what `location` points at, downloading it if it is remote.
-
-    `data_only` keeps csv/json/jsonl/parquet objects (datasets); otherwise every
-    object under the prefix is fetched (a saved model folder).
-    """
+def fetch(location: Location, settings: Settings, *, data_only: bool) -> Path:
+    """A local path holding what `location` points at, downloading it if it is remote."""
     if location.kind != "s3":
         return location.path
-    from job.storage.s3 import download
+    from job.storage.inputs import fetch as fetch_s3
 
-    return download(location.ref, settings, variable=variable, data_only=data_only)
+    return fetch_s3(location, settings, data_only=data_only)

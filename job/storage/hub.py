@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from job.errors import ConfigError, StorageError
+from job.errors import StorageError
 from job.files import file_listing, write_json
-from job.locations import classify
 from job.logs import get_logger
 from job.settings import Settings
-from job.storage.base import COMPLETE, completion_manifest
+from job.storage.locations import Location
+from job.storage.outputs import COMPLETE, completion_manifest
 
 log = get_logger("job.storage.hub")
 
@@ -28,10 +28,7 @@ def commit_marker(run_id: str) -> str:
 
 
 class HubOutput:
-    def __init__(self, uri: str, settings: Settings) -> None:
-        location = classify(uri, "FT_OUTPUT", what="model")
-        if location.kind != "hub" or "/" not in location.ref:
-            raise ConfigError(f"FT_OUTPUT='{uri}' is not a Hub model repo; use hf://org/name")
+    def __init__(self, location: Location, settings: Settings) -> None:
         self.repo_id = location.ref
         self.revision = settings.hub_revision
         self.private = settings.hub_private

@@ -1,52 +1,122 @@
-"""Publishing to a local (or mounted: NFS, PVC) directory."""
+"""A durable folder on a local or mounted filesystem (a disk, NFS, a PVC)."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from job.files import ensure_writable_dir, file_listing, write_json
-from job.storage.base import COMPLETE, LATEST, completion_manifest
+from job.errors import StorageError
+from job.storage.folder import Entry
 
 
-class LocalOutput:
-    def __init__(self, root: Path, run_id: str) -> None:
+class LocalFolder:
+    def __init__(self, root: Path, variable: str) -> None:
         self.root = root
-        self.final = root / run_id
-        self.location = str(self.final)
-        self.model_ref = str(self.final)
+        self.variable = variable
+        self.location = str(root)
 
-    def is_complete(self) -> bool:
-        return (self.final / COMPLETE).is_file()
+    def child(self, *parts: str) -> LocalFolder:
+        return LocalFolder(self.root.joinpath(*parts), self.variable)
+
+    def list(self, prefix: str = "") -> dict[str, Entry]:
+        if not self.root.is_dir():
+            return {}
+        found = {}
+        for path in sorted(self.root.rglob("*")):
+            name = path.relative_to(self.root).as_posix()
+            if name.startswith(prefix) and path.is_file():
+                stat = path.stat()
+                found[name] = Entry(stat.st_size, f"{stat.st_size}-{stat.st_mtime_ns}")
+        return found
+
+    def read(self, name: str) -> bytes | None:
+        path = self.root / name
+        return path.read_bytes() if path.is_file() else None
+
+    def write(self, name: str, body: bytes) -> None:
+        target = self.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = target.with_name(f".{target.name}.partial")
+        scratch.write_bytes(body)
+        scratch.replace(target)  # readers see the old file or the new one
+
+    def create(self, name: str, body: bytes) -> bool:
+        target = self.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        scratch.write_bytes(body)
+        try:
+            os.link(scratch, target)  # fails if the target exists, also over NFS
+        except FileExistsError:
+            return False
+        finally:
+            scratch.unlink(missing_ok=True)
+        return True
+
+    def put_tree(self, source: Path, names: list[str]) -> None:
+        ensure_writable_dir(self.root.parent, self.variable)
+        if self.root.exists():  # left by an interrupted attempt of this run id
+            shutil.rmtree(self.root)
+        try:
+            source.rename(self.root)
+        except OSError:  # another filesystem: copy, then drop the source
+            shutil.copytree(source, self.root)
+            shutil.rmtree(source)
+        _make_readable(self.root)
+        arrived = self.list()
+        missing = [n for n in names if n not in arrived]
+        if missing:
+            raise StorageError(f"{self.variable}={self.location}: {', '.join(missing[:3])} did not arrive")
+
+    def upload(self, source: Path, names: list[str]) -> None:
+        _copy(source, names, self.root)
+
+    def get(self, names: Iterable[str], target: Path) -> None:
+        _copy(self.root, names, target)
+
+    def delete(self, names: Iterable[str]) -> None:
+        for name in names:
+            (self.root / name).unlink(missing_ok=True)
+
+    def delete_all(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def check_writable(self, *, dry_run: bool = False) -> None:
-        ensure_writable_dir(self.root, "FT_OUTPUT", dry_run=dry_run)
+        """Like the S3 probe, this leaves nothing behind, dry run or not: the folders the
+        job writes later are created when they are written."""
+        ensure_writable_dir(self.root, self.variable, keep=False)
 
-    def publish(self, staging: Path, *, message: str) -> str:
-        files = file_listing(staging)
-        self.check_writable()
-        if self.final.exists():  # left by an interrupted publish of this run id
-            shutil.rmtree(self.final)
+
+def ensure_writable_dir(path: Path, variable: str, *, keep: bool = True) -> None:
+    """Create `path` if needed and check this user may write there; StorageError naming `variable` if not.
+
+    Creating the folders is the only honest test of the permission; unless `keep`, the
+    ones it created are removed again.
+    """
+    created = [] if keep else [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    try:
         try:
-            staging.rename(self.final)
-        except OSError:  # another filesystem: copy, then drop the staging copy
-            shutil.copytree(staging, self.final)
-            shutil.rmtree(staging)
-        _make_readable(self.final)
-        write_json(self.final / COMPLETE, completion_manifest(files, message=message))
-        return self.location
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"{variable}: cannot create {path} ({exc.strerror}); choose a writable directory"
+            ) from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise StorageError(f"{variable}: {path} is not writable by this user; choose a writable directory")
+    finally:
+        for folder in created:
+            with contextlib.suppress(OSError):  # not empty: someone else wrote there meanwhile
+                folder.rmdir()
 
-    def read_latest(self) -> dict[str, Any] | None:
-        path = self.root / LATEST
-        return json.loads(path.read_text()) if path.is_file() else None
 
-    def write_latest(self, pointer: dict[str, Any]) -> None:
-        partial = self.root / f".{LATEST}.partial"
-        write_json(partial, pointer)
-        partial.replace(self.root / LATEST)  # readers see the old pointer or the new one
+def _copy(source: Path, names: Iterable[str], target: Path) -> None:
+    for name in names:
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, destination)
 
 
 def _make_readable(folder: Path) -> None:

@@ -1,0 +1,36 @@
+"""Process start-up shared by the command line and the training workers: the settings from
+the environment, and logging configured by them (secrets masked from the first line on)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from job.config import load_settings, secret_values
+from job.logs import configure_logging, get_logger, route_library_logs
+from job.settings import Settings
+
+log = get_logger("job")
+
+
+def start(env_file: Path | None = None, *, rank: int | None = None, warn_unknown: bool = True) -> Settings:
+    """Validated settings, with logging set up for them; raises ConfigError (already
+    logged nowhere: the caller reports it) when they are invalid."""
+    configure_logging(secrets=secret_values(None), rank=rank)  # until the settings say otherwise
+    settings, warnings = load_settings(env_file)
+    configure_logging(
+        log_format=settings.log_format,
+        level=settings.log_level,
+        run_id=settings.run_id,
+        rank=rank,
+        secrets=secret_values(settings),
+    )
+    if warn_unknown:
+        for warning in warnings:
+            log.warning("config.unknown_variable", detail=warning)
+    return settings
+
+
+def route_libraries(settings: Settings) -> None:
+    """transformers, datasets and warnings through the job's renderer; separate from `start`
+    because importing those libraries takes seconds that a config error should not wait for."""
+    route_library_logs(settings.log_format)

@@ -1,0 +1,114 @@
+"""The steps every command takes, in this order: settings -> preflight -> inputs -> work and
+staging folders -> phases -> publish. `train` (main.py), `check` and `predict` are each
+read top to bottom through them, and none of the three imports another."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from job import checkpoints, metrics, modeling, promotion, search, trackers
+from job.checkpoints import Checkpoints
+from job.errors import ConfigError
+from job.logs import get_logger
+from job.prepare import PreparedData, prepare
+from job.settings import Settings
+from job.storage import Output, open_output
+from job.topology import Topology
+from job.workspace import Workspace
+
+log = get_logger("job")
+
+
+@dataclass
+class Phases:
+    """Wall-clock seconds per named phase of a command."""
+
+    started: float = field(default_factory=time.time)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        begin = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.monotonic() - begin
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in self.seconds.items()}
+
+
+def writable_output(settings: Settings, *, dry_run: bool = False) -> Output:
+    """FT_OUTPUT, checked writable before anything is downloaded or trained (a dry run leaves nothing there)."""
+    output = open_output(settings)
+    output.check_writable(dry_run=dry_run)
+    return output
+
+
+def already_complete(output: Output) -> dict[str, Any] | None:
+    """The summary of a run id that was published in full already: re-running it does nothing."""
+    if not output.is_complete():
+        return None
+    log.info("run.already_complete", location=output.location, effect="nothing to do")
+    return {"status": "already_complete", "location": output.location}
+
+
+def preflight(
+    settings: Settings, topology: Topology, work: Workspace, *, dry_run: bool = False
+) -> tuple[Output, Checkpoints]:
+    """Fail before any download or training when the run could not finish: settings that
+    depend on each other, then write access to the output and the checkpoints (a dry run
+    leaves nothing there). Only the main node writes, so only it checks."""
+    if topology.nnodes > 1 and "run_id" not in settings.model_fields_set:
+        raise ConfigError("a multi-node run needs FT_RUN_ID, set to the same value on every node")
+    promotion.check_supported(settings)
+    trackers.check_available(settings)
+    search.check_supported(settings, topology)
+    output = open_output(settings)
+    saved = checkpoints.locate(settings, work.checkpoint_mirror)
+    if topology.is_main_node:
+        output.check_writable(dry_run=dry_run)  # before hours of training, not after
+        checkpoints.check_writable(saved, dry_run=dry_run)
+    return output, saved
+
+
+@dataclass(frozen=True)
+class Inputs:
+    model_path: Path  # a local folder (downloaded or mirrored when FT_MODEL is remote)
+    tokenizer: PreTrainedTokenizerBase
+    prepared: PreparedData  # the tokenized splits (cached per node)
+    metric: str  # the best-model metric, valid for the data's problem type
+
+
+def load_inputs(settings: Settings) -> Inputs:
+    model_path = modeling.resolve_model(settings)
+    config = modeling.load_config(model_path, settings)
+    tokenizer = modeling.load_tokenizer(model_path, settings)
+    modeling.check_tokenizer_matches(tokenizer, config)
+    prepared = prepare(settings, tokenizer, modeling.max_length(settings, tokenizer, config))
+    metric = metrics.best_model_metric(settings.metric_for_best_model, prepared.labels.problem_type)
+    assert metric is not None  # a real problem type always has one
+    return Inputs(model_path, tokenizer, prepared, metric)
+
+
+def fresh_folder(path: Path) -> Path:
+    """An empty folder: a previous attempt's partial files are removed."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def publish(output: Output, staging: Path, *, message: str, phases: Phases) -> str:
+    with phases.phase("publish"):
+        return output.publish(staging, message=message)
