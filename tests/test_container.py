@@ -59,20 +59,22 @@ def podman(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def image(podman, tmp_path_factory: pytest.TempPathFactory) -> str:
     rootfs = tmp_path_factory.mktemp("rootfs")
-    boot = subprocess.run(
-        ["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates", "bookworm", str(rootfs),
-         "http://deb.debian.org/debian"],
-        capture_output=True, text=True, timeout=1200, check=False,
-    )  # fmt: skip
-    assert boot.returncode == 0, boot.stdout[-2000:] + boot.stderr[-2000:]
-    rootfs.chmod(0o755)  # pytest makes its folders 0700: "/" would shut out the non-root user
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    # Like a registry's base image, the stand-in declares PATH (a bare import has none).
-    path = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    imported = podman("import", "--change", path, "-", "localhost/ftjob-base:stand-in", stdin=tar.stdout)
-    tar.wait()
-    assert imported.returncode == 0, imported.stderr
-    shutil.rmtree(rootfs, ignore_errors=True)
+    try:  # the stand-in base's files (a few hundred MB) go whatever happens
+        boot = subprocess.run(
+            ["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates", "bookworm",
+             str(rootfs), "http://deb.debian.org/debian"],
+            capture_output=True, text=True, timeout=1200, check=False,
+        )  # fmt: skip
+        assert boot.returncode == 0, boot.stdout[-2000:] + boot.stderr[-2000:]
+        rootfs.chmod(0o755)  # pytest makes its folders 0700: "/" would shut out the non-root user
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        # Like a registry's base image, the stand-in declares PATH (a bare import has none).
+        path = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        imported = podman("import", "--change", path, "-", "localhost/ftjob-base:stand-in", stdin=tar.stdout)
+        tar.wait()
+        assert imported.returncode == 0, imported.stderr
+    finally:
+        shutil.rmtree(rootfs, ignore_errors=True)
 
     build_args = {
         "BASE_IMAGE": "localhost/ftjob-base:stand-in",
