@@ -111,6 +111,7 @@ def run_manifest(
             "fingerprint": prepared.fingerprint,
             "source": prepared.meta.get("source"),
             "splits": prepared.meta.get("source_splits"),
+            "files": prepared.meta.get("source_files"),
             "rows": {name: len(split) for name, split in prepared.splits.items()},
             "labels": prepared.labels.to_json(),
             "class_counts": prepared.meta.get("class_counts"),

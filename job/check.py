@@ -33,7 +33,7 @@ import numpy as np
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from job import data, device, estimate, labels, scaffold, training
+from job import data, device, estimate, labels, resume, scaffold, training
 from job.data import INDEX
 from job.labels import LABELS, REGRESSION
 from job.logs import get_logger
@@ -79,6 +79,7 @@ def check(settings: Settings) -> dict[str, Any]:
 
     work = Workspace.of(settings)
     output, saved = scaffold.preflight(settings, topology, work, dry_run=True)
+    owner = scaffold.probe_owner(settings, topology, work, saved)
     complete = output.is_complete()
     log.info(
         "check.output",
@@ -86,7 +87,14 @@ def check(settings: Settings) -> dict[str, Any]:
         checkpoints=saved.durable,
         access_checked=topology.is_main_node,  # other nodes never write: the run checks only on the first
         already_complete=complete,
+        **owner,
     )
+    if owner.get("lease") == "stale":
+        warn(
+            "check.stale_lease",
+            held_by=owner.get("held_by"),
+            effect="its owner stopped renewing it (killed?); the run waits for it to expire, then takes it over",
+        )
     if complete:
         warn(
             "check.already_complete",
@@ -96,6 +104,13 @@ def check(settings: Settings) -> dict[str, Any]:
 
     inputs = scaffold.load_inputs(settings)
     model_path, tokenizer, prepared = inputs.model_path, inputs.tokenizer, inputs.prepared
+    start = resume.decide(settings, inputs, saved, topology, dry_run=True)
+    log.info(
+        "check.resume",
+        checkpoints=saved.durable,
+        resumes_from=start.found,
+        search_record=start.search_record is not None,
+    )
     log.info(
         "check.model",
         path=str(model_path),

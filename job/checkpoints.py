@@ -29,7 +29,7 @@ from job.files import file_listing
 from job.logs import get_logger
 from job.preemption import StopRequest
 from job.settings import Settings
-from job.storage import Folder, checkpoint_location, mirror, open_folder
+from job.storage import Folder, checkpoint_location, mirror, open_folder, read_json
 
 MARKER = "ftjob-checkpoint.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -44,6 +44,7 @@ class Checkpoints:
     local: Path  # where the Trainer writes
     store: Folder  # their durable home: `local` itself, or an S3 prefix it is mirrored to
     remote: bool  # the store is not `local`: checkpoints are uploaded and downloaded
+    root: Folder  # FT_CHECKPOINT_DIR itself, above every run's store
 
     @property
     def durable(self) -> str:
@@ -53,10 +54,11 @@ class Checkpoints:
 def locate(settings: Settings, work: Path) -> Checkpoints:
     """`<FT_CHECKPOINT_DIR>/<run id>/`; in S3, the Trainer writes to a local mirror in `work`."""
     location = checkpoint_location(settings)
-    store = open_folder(location, settings).child(settings.run_id)
+    root = open_folder(location, settings)
+    store = root.child(settings.run_id)
     if location.kind == "s3":
-        return Checkpoints(local=work / "checkpoints", store=store, remote=True)
-    return Checkpoints(local=location.path / settings.run_id, store=store, remote=False)
+        return Checkpoints(local=work, store=store, remote=True, root=root)
+    return Checkpoints(local=location.path / settings.run_id, store=store, remote=False, root=root)
 
 
 def check_writable(checkpoints: Checkpoints, *, dry_run: bool = False) -> None:
@@ -90,7 +92,8 @@ def _pull(checkpoints: Checkpoints) -> None:
     if not done:
         return
     started = time.monotonic()
-    mirror(checkpoints.store, {n: e for n, e in listed.items() if n.split("/")[0] in done}, checkpoints.local)
+    wanted = {n: e for n, e in listed.items() if n.split("/")[0] in done}
+    mirror(checkpoints.store, wanted, checkpoints.local, exact=False)  # newer local ones may not be uploaded yet
     seconds = round(time.monotonic() - started, 2)
     log.info("checkpoint.downloaded", location=checkpoints.durable, checkpoints=sorted(done), seconds=seconds)
 
@@ -152,8 +155,27 @@ def mirrored(checkpoints: Checkpoints, *, active: bool) -> Iterator[None]:
     thread.join()
 
 
+def marker(checkpoint: Path) -> dict[str, Any]:
+    """What a complete local checkpoint's marker records (step, run id, the inputs it was made with)."""
+    return json.loads((checkpoint / MARKER).read_text())
+
+
+def newest_in_store(checkpoints: Checkpoints) -> tuple[str, dict[str, Any]] | None:
+    """The newest complete checkpoint in the durable store and its marker, without downloading it."""
+    listed = checkpoints.store.list()
+    steps = [
+        int(m.group(1)) for name in listed if name.endswith(f"/{MARKER}") and (m := _NAME.match(name.split("/")[0]))
+    ]
+    if not steps:
+        return None
+    name = f"checkpoint-{max(steps)}"
+    found = read_json(checkpoints.store, f"{name}/{MARKER}", fix=f"delete {name} so the run does not resume from it")
+    return name, found or {}
+
+
 def remove(checkpoints: Checkpoints) -> None:
-    """After publishing: the checkpoints are superseded by the published model."""
+    """After publishing (or when FT_CHANGED_INPUTS=discard): the checkpoints, and the search
+    record beside them, are superseded."""
     shutil.rmtree(checkpoints.local, ignore_errors=True)
     if checkpoints.remote:
         checkpoints.store.delete_all()
@@ -167,10 +189,13 @@ class CheckpointCallback(TrainerCallback):
     them stop, save and exit at the same step.
     """
 
-    def __init__(self, stop: StopRequest, *, save_steps: int | None, run_id: str) -> None:
+    def __init__(
+        self, stop: StopRequest, *, save_steps: int | None, run_id: str, inputs: dict[str, Any] | None
+    ) -> None:
         self.stop = stop
         self.save_steps = save_steps
         self.run_id = run_id
+        self.inputs = inputs  # what the checkpoint was made with (job.fingerprint); None for search trials
         self.stopping = False
         self._group: Any = None
         self._flag: torch.Tensor | None = None
@@ -199,7 +224,13 @@ class CheckpointCallback(TrainerCallback):
             dist.barrier(group=self._group)  # every rank has written its part (its RNG state)
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero:
-            marker = {"step": state.global_step, "epoch": state.epoch, "run_id": self.run_id, "saved_at": time.time()}
+            marker = {
+                "step": state.global_step,
+                "epoch": state.epoch,
+                "run_id": self.run_id,
+                "saved_at": time.time(),
+                "inputs": self.inputs,
+            }
             (folder / MARKER).write_text(json.dumps(marker))
             log.info("checkpoint.saved", step=state.global_step, path=str(folder))
         if self.stopping:

@@ -6,6 +6,7 @@ row's position in its source split, so predictions can point back at the input.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,21 @@ from datasets import Dataset, DatasetDict
 
 from job import storage
 from job.errors import ConfigError, DataError
+from job.files import sha256_of
 from job.logs import get_logger
 from job.settings import Settings
-from job.storage import Location, classify, data_format_of
+from job.storage import Location, classify, data_format_of, data_stem
 
 EVAL_SPLIT_NAMES = ("validation", "valid", "dev", "val")
 INDEX = "index"  # row number in the source split, carried through to predictions
+# The names a file (or the folder above it) may have to belong to a split of a directory
+# dataset; the same words datasets and the Hub use.
+SPLIT_WORDS = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "dev", "val"),
+    "test": ("test", "testing", "eval", "evaluation"),
+}
+_SHARD = re.compile(r"^(?P<split>[a-z]+)-\d+-of-\d+$")  # train-00000-of-00004
 
 log = get_logger("job.data")
 
@@ -35,6 +45,13 @@ class RawSplits:
     test: Dataset | None
     names: dict[str, str] = field(default_factory=dict)  # role -> split name in the source
     dropped: dict[str, int] = field(default_factory=dict)  # role -> rows dropped for empty text
+    files: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # split -> files read (local sources)
+
+
+@dataclass
+class _Loaded:
+    splits: DatasetDict
+    files: dict[str, list[dict[str, Any]]]  # split -> path, size, sha256 of every file read; {} from the Hub
 
 
 _MAX_EMPTY_SHARE = 0.5  # dropped with a count below this share of a split, an error above
@@ -43,7 +60,10 @@ _MAX_EMPTY_SHARE = 0.5  # dropped with a count below this share of a split, an e
 def load_splits(settings: Settings) -> RawSplits:
     """The train/eval/test splits as stored at the source, untouched."""
     location = classify(settings.dataset, "FT_DATASET", what="dataset")
-    return _pick_splits(_load(location, settings), location, settings)
+    loaded = _load(location, settings)
+    raw = _pick_splits(loaded.splits, location, settings)
+    raw.files = {split: loaded.files[split] for split in raw.names.values() if split in loaded.files}
+    return raw
 
 
 def clean(raw: RawSplits, settings: Settings) -> RawSplits:
@@ -73,7 +93,7 @@ def clean(raw: RawSplits, settings: Settings) -> RawSplits:
 def load_split_to_score(settings: Settings) -> tuple[Dataset, str, str]:
     """The split `python -m job predict` scores, its name, and where it came from."""
     location = classify(settings.dataset, "FT_DATASET", what="dataset")
-    splits = _load(location, settings)
+    splits = _load(location, settings).splits
     available = ", ".join(splits) or "none"
     if settings.predict_split:
         if settings.predict_split not in splits:
@@ -125,11 +145,12 @@ def _check_empty_share(dropped: int, total: int, split: str, settings: Settings)
         )
 
 
-def _load(location: Location, settings: Settings) -> DatasetDict:
+def _load(location: Location, settings: Settings) -> _Loaded:
     cache = str(settings.cache_dir / "datasets")
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     if location.kind == "s3":
         location = Location("local", str(storage.fetch(location, settings, data_only=True)), location.variable)
+    files: dict[str, list[Path]] = {}
     try:
         if location.kind == "hub":
             if settings.data_files:
@@ -142,7 +163,10 @@ def _load(location: Location, settings: Settings) -> DatasetDict:
                 cache_dir=cache,
             )
         else:
-            loaded = _load_local(location.path, settings, cache)
+            files = _split_files(location.path, settings)
+            named = {split: [str(p) for p in paths] for split, paths in files.items()}
+            first = next(iter(files.values()))[0]
+            loaded = datasets.load_dataset(_format(first, settings), data_files=named, cache_dir=cache)
     except (ConfigError, DataError):
         raise
     except Exception as exc:  # datasets raises many unrelated types for unreadable input
@@ -158,27 +182,73 @@ def _load(location: Location, settings: Settings) -> DatasetDict:
         raise DataError(f"could not load dataset {location}: {_first_line(cause)}; {_hint(location)}") from None
     if not isinstance(loaded, DatasetDict):
         raise DataError(f"dataset {location} did not load as named splits; set FT_DATA_FILES")
-    return loaded
+    root = location.path if location.kind == "local" else None
+    record = {split: [_file_record(p, root) for p in paths] for split, paths in files.items()}
+    if record:
+        log.info("data.files", source=str(location), **{split: [f["path"] for f in fs] for split, fs in record.items()})
+    return _Loaded(loaded, record)
 
 
-def _load_local(path: Path, settings: Settings, cache: str) -> DatasetDict:
+def _split_files(path: Path, settings: Settings) -> dict[str, list[Path]]:
+    """The files of each split of a local dataset: the file itself, FT_DATA_FILES's globs, or
+    the files of a directory named for their split (`train.csv`, `dev.jsonl`, shards such as
+    `train-00000-of-00004.parquet`, or any file under a `train/` folder). A data file that
+    names no split stops the run: joining it to one would be a guess."""
     if path.is_file():
         if settings.data_files:
             raise ConfigError(f"FT_DATA_FILES needs FT_DATASET to be a directory, but '{path}' is a file")
-        return datasets.load_dataset(_format(path, settings), data_files={"train": str(path)}, cache_dir=cache)
+        return {"train": [path]}
     if settings.data_files:
-        files: dict[str, list[str]] = {}
+        files: dict[str, list[Path]] = {}
         for split, pattern in settings.data_files.items():
-            matches = sorted(str(p) for p in path.glob(pattern) if p.is_file())
+            matches = sorted(p for p in path.glob(pattern) if p.is_file())
             if not matches:
                 raise ConfigError(f"FT_DATA_FILES: '{pattern}' (split '{split}') matches no file under {path}")
             files[split] = matches
-        first = Path(next(iter(files.values()))[0])
-        return datasets.load_dataset(_format(first, settings), data_files=files, cache_dir=cache)
-    if not any(data_format_of(p) for p in path.rglob("*") if p.is_file()):
+        return files
+    found = sorted(p for p in path.rglob("*") if p.is_file() and data_format_of(p) and not _hidden(p, path))
+    if not found:
         raise DataError(f"directory {path} holds no csv, json, jsonl or parquet files; set FT_DATASET to one that does")
-    # datasets infers splits from file names (train/validation/dev/test) like it does for Hub repos.
-    return datasets.load_dataset(str(path), cache_dir=cache)
+    by_split: dict[str, list[Path]] = {}
+    unnamed = []
+    for file in found:
+        split = _split_of(file.relative_to(path))
+        if split is None:
+            unnamed.append(file)
+        else:
+            by_split.setdefault(split, []).append(file)
+    if not by_split and len(unnamed) == 1:
+        return {"train": unnamed}  # one file: the training data
+    if unnamed:
+        shown = ", ".join(str(p.relative_to(path)) for p in unnamed[:5]) + (" ..." if len(unnamed) > 5 else "")
+        raise DataError(
+            f"directory {path} holds data files that name no split: {shown}; name each file for its split "
+            "(train, validation or dev, test; shards as train-00000-of-00002), move the others out, or list "
+            "the files of each split with FT_DATA_FILES"
+        )
+    # Train first: datasets takes the columns from the first split (an unlabelled test set has fewer).
+    return {split: by_split[split] for split in SPLIT_WORDS if split in by_split}
+
+
+def _split_of(relative: Path) -> str | None:
+    """The split a file belongs to by its name, or by the name of a folder above it."""
+    stem = data_stem(relative)
+    shard = _SHARD.match(stem)
+    candidates = [stem, shard.group("split") if shard else None, *(p.lower() for p in relative.parts[:-1])]
+    for candidate in candidates:
+        for split, words in SPLIT_WORDS.items():
+            if candidate in words:
+                return split
+    return None
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _file_record(path: Path, root: Path | None) -> dict[str, Any]:
+    shown = path.relative_to(root).as_posix() if root is not None and root.is_dir() else path.name
+    return {"path": shown, "size": path.stat().st_size, "sha256": sha256_of(path)}
 
 
 def _format(path: Path, settings: Settings) -> str:

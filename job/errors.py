@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     VERIFICATION = 5
     STORAGE = 6
     NOT_PROMOTED = 7
+    RUN_IN_USE = 8  # another live process owns this run id: retry later, or use a new run id
     PREEMPTED = 75  # EX_TEMPFAIL: stopped on request with a checkpoint saved; run it again
     INTERRUPTED = 130
 
@@ -61,6 +62,13 @@ class StorageError(JobError):
     event = "storage.failed"
 
 
+class RunInUse(JobError):
+    """Another live process holds this run id's lease (or its lock on this machine)."""
+
+    exit_code = ExitCode.RUN_IN_USE
+    event = "run.in_use"
+
+
 class Preempted(JobError):
     """SIGTERM (eviction, preemption, spot reclaim): progress is checkpointed, retry the run."""
 
@@ -77,7 +85,7 @@ class NotPromoted(JobError):
 
 def error_for_code(code: int, message: str) -> JobError:
     """Rebuild the error a training worker reported, so the launcher exits with its code."""
-    for cls in (ConfigError, DataError, TrainingError, VerificationError, StorageError, Preempted):
+    for cls in (ConfigError, DataError, TrainingError, VerificationError, StorageError, RunInUse, Preempted):
         if cls.exit_code == code:
             return cls(message)
     error = JobError(message)

@@ -9,11 +9,13 @@ storage. A failed worker fails the run with that worker's exit code and message.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from job import device
 from job.config import SECRET_VARIABLES
@@ -43,13 +45,23 @@ def train(
     checkpoints: Path,
     resume: Path | None,
     stop: StopRequest,
+    inputs: dict[str, Any] | None = None,
 ) -> TrainOutcome | None:
     """The outcome on the main node; None on the others. The Trainer writes checkpoints to
-    the local folder `checkpoints`."""
+    the local folder `checkpoints`, each recording `inputs` (the run's fingerprint)."""
     if topology.world_size == 1:
         return train_and_evaluate(
-            settings, prepared, model_path, staging=work.staging, checkpoints=checkpoints, resume=resume, stop=stop
+            settings,
+            prepared,
+            model_path,
+            staging=work.staging,
+            checkpoints=checkpoints,
+            resume=resume,
+            stop=stop,
+            inputs=inputs,
         )
+    work.inputs.parent.mkdir(parents=True, exist_ok=True)
+    work.inputs.write_text(json.dumps(inputs))
     clear_failures(work.failures, range(topology.first_rank, topology.first_rank + topology.procs_per_node))
     if topology.is_main_node:
         shutil.rmtree(work.outcome, ignore_errors=True)

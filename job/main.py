@@ -13,13 +13,15 @@ from typing import Any
 
 import structlog
 
-from job import artifacts, card, charts, checkpoints, launch, promotion, scaffold, search
+from job import artifacts, card, charts, checkpoints, launch, promotion, resume, scaffold, search
 from job.checkpoints import Checkpoints
 from job.errors import NotPromoted, Preempted
 from job.files import write_json
 from job.logs import get_logger
+from job.ownership import Lease
 from job.preemption import StopRequest
 from job.results import TrainOutcome
+from job.resume import Resume
 from job.scaffold import Inputs, Phases
 from job.settings import Settings
 from job.storage import Output
@@ -40,13 +42,22 @@ def main(settings: Settings) -> dict[str, Any]:
     topology = discover(settings)
     work = Workspace.of(settings)
     stop = StopRequest(work.stop_file)
-    stop.clear()  # a previous attempt's request
     with (
         stop.installed(),
         structlog.contextvars.bound_contextvars(rank=topology.first_rank, node_rank=topology.node_rank),
     ):
         log.info("launch.topology", **asdict(topology), world_size=topology.world_size)
-        return _run(settings, topology, work, stop, phases)
+        output, saved = scaffold.preflight(settings, topology, work)
+        with scaffold.owned(settings, work, saved, topology) as lease:
+            stop.clear()  # a previous attempt's request, now that this process owns the run id
+            return _run(settings, topology, work, stop, phases=phases, to=_Destinations(output, saved, lease))
+
+
+@dataclass(frozen=True)
+class _Destinations:
+    output: Output
+    saved: Checkpoints
+    lease: Lease  # held while the run lasts
 
 
 @dataclass(frozen=True)
@@ -57,10 +68,14 @@ class _Trained:
     searched: dict[str, Any] | None  # the search record, when there was one
 
 
-def _run(settings: Settings, topology: Topology, work: Workspace, stop: StopRequest, phases: Phases) -> dict[str, Any]:
-    output, saved = scaffold.preflight(settings, topology, work)
+def _run(
+    settings: Settings, topology: Topology, work: Workspace, stop: StopRequest, *, phases: Phases, to: _Destinations
+) -> dict[str, Any]:
+    output, saved = to.output, to.saved
     done = scaffold.already_complete(output)
     if done is not None:
+        if topology.is_main_node:
+            promotion.finish(settings, output)  # a promotion its publishing process did not get to
         return done
     if topology.is_main_node:
         scaffold.fresh_folder(work.staging)
@@ -70,12 +85,10 @@ def _run(settings: Settings, topology: Topology, work: Workspace, stop: StopRequ
     with phases.phase("prepare"):
         inputs = scaffold.load_inputs(settings)
 
-    resume = checkpoints.restore(saved)
+    start = resume.decide(settings, inputs, saved, topology, dry_run=False)
     if stop.requested:
         raise Preempted(f"stopped on request before training started; run again with FT_RUN_ID={settings.run_id}")
-    settings, searched = _search(
-        settings, inputs, topology, saved, stop=stop, phases=phases, resumed=resume is not None
-    )
+    settings, searched = _search(settings, inputs, topology, saved, start, stop=stop, phases=phases)
     with phases.phase("train_and_evaluate"), checkpoints.mirrored(saved, active=topology.is_main_node):
         outcome = launch.train(
             settings,
@@ -84,8 +97,9 @@ def _run(settings: Settings, topology: Topology, work: Workspace, stop: StopRequ
             topology,
             work,
             checkpoints=saved.local,
-            resume=resume,
+            resume=start.checkpoint,
             stop=stop,
+            inputs=resume.for_settings(start.inputs, settings),
         )
     if outcome is None:
         log.info("node.finished", effect="the main node verifies and publishes")
@@ -98,9 +112,10 @@ def _run(settings: Settings, topology: Topology, work: Workspace, stop: StopRequ
     _describe(
         trained, work.staging, document, verification=verification, decision=decision, output=output, phases=phases
     )
+    to.lease.check_held()  # a process that lost the run id to another one publishes nothing
     location = _publish(output, saved, work, document, phases)
     if decision.promoted:
-        output.write_latest(promotion.pointer(settings, decision, location))
+        promotion.write_pointer(output, promotion.pointer(settings, decision, location))
     return _finish(location, document, outcome, decision, phases)
 
 
@@ -109,18 +124,27 @@ def _search(
     inputs: Inputs,
     topology: Topology,
     saved: Checkpoints,
+    start: Resume,
     *,
     stop: StopRequest,
     phases: Phases,
-    resumed: bool,
 ) -> tuple[Settings, dict[str, Any] | None]:
     """With FT_SEARCH_TRIALS, the best trial's settings (the final training uses them) and the
-    search record; `resumed`: the final training has checkpoints, so only a recorded choice may be used."""
+    search record, continued from the checked one; once the final training has checkpoints,
+    only the recorded choice may be used."""
     if not settings.search_trials:
         return settings, None
     with phases.phase("search"):
         searched = search.search(
-            settings, inputs.prepared, inputs.model_path, topology, saved=saved, stop=stop, final_started=resumed
+            settings,
+            inputs.prepared,
+            inputs.model_path,
+            topology,
+            saved=saved,
+            stop=stop,
+            previous=start.search_record,
+            inputs=resume.search_inputs(start.inputs),
+            final_started=start.checkpoint is not None,
         )
     return searched.settings, searched.record
 

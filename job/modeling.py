@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from transformers import (
 
 from job import storage
 from job.errors import ConfigError
+from job.files import sha256_of
 from job.labels import LabelSpec
 from job.settings import Settings
 from job.storage import classify
@@ -84,8 +86,10 @@ def load_tokenizer(path: Path, settings: Settings) -> PreTrainedTokenizerBase:
 
 
 def load_model(path: Path, settings: Settings, labels: LabelSpec) -> PreTrainedModel:
+    """The pretrained encoder with a new classification head for `labels`; every encoder weight
+    must come from the file, as stated: ConfigError naming the ones that do not."""
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             str(path),
             num_labels=labels.num_labels,
             id2label=labels.id2label,
@@ -95,10 +99,41 @@ def load_model(path: Path, settings: Settings, labels: LabelSpec) -> PreTrainedM
             # model retrained on a new label set) gets a fresh head instead of failing.
             ignore_mismatched_sizes=True,
             use_safetensors=None if settings.allow_pickle_weights else True,
+            output_loading_info=True,
             **_options(settings),
         )
     except Exception as exc:
         raise ConfigError(_load_failure(settings, "weights", exc)) from None
+    _check_encoder_loaded(model, info, settings)
+    return model
+
+
+def _check_encoder_loaded(model: PreTrainedModel, info: dict[str, Any], settings: Settings) -> None:
+    """Only the head may be new. The encoder's weights (under its base-model prefix, `bert.`)
+    all load from the file; its pooler may be new (masked-LM checkpoints have none, and the
+    fine-tuning trains it with the head). Weights of other heads in the file (a pre-training
+    head, `cls.*`) are dropped as expected. A config that does not match its weights (hidden
+    size, vocabulary size) shows as encoder weights that are missing or of another shape,
+    which transformers would silently re-initialise."""
+    base = f"{model.base_model_prefix}."
+
+    def encoder(key: str) -> bool:
+        return key.startswith(base) and not key.startswith(f"{base}pooler.")
+
+    missing = sorted(k for k in info["missing_keys"] if encoder(k))
+    shapes = dict(sorted((k[0], (tuple(k[1]), tuple(k[2]))) for k in info["mismatched_keys"] if encoder(k[0])))
+    unexpected = sorted(k for k in info["unexpected_keys"] if k.startswith(base))
+    if not (missing or shapes or unexpected):
+        return
+    found = [f"{k}: {list(a)} in the file, {list(b)} in the config" for k, (a, b) in list(shapes.items())[:3]]
+    found += [f"{k} missing from the file" for k in missing[:3]]
+    found += [f"{k} in the file but not in the model" for k in unexpected[:3]]
+    total = len(missing) + len(shapes) + len(unexpected)
+    raise ConfigError(
+        f"FT_MODEL='{settings.model}': {total} pretrained weight(s) would not load as stated ({'; '.join(found)}"
+        f"{' ...' if total > len(found) else ''}); its config.json does not match its weights — save both from the "
+        "same checkpoint, or point FT_MODEL at a folder that has them"
+    )
 
 
 def load_classifier(path: Path, config: PretrainedConfig, settings: Settings) -> PreTrainedModel:
@@ -150,10 +185,23 @@ def max_length(settings: Settings, tokenizer: PreTrainedTokenizerBase, config: P
     return settings.max_length
 
 
+def weights_fingerprint(path: Path) -> str:
+    """Changes whenever the model's config or weights do: their bytes, wherever the folder lives."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin")):
+        digest.update(f"{file.name}:{sha256_of(file)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """Changes whenever the tokenizer would produce different ids."""
+    """Changes whenever the tokenizer would produce different ids. The truncation and padding
+    a call last set on the fast tokenizer's backend are not part of it: they are per call."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    payload = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        payload = json.dumps({k: v for k, v in state.items() if k not in ("truncation", "padding")}, sort_keys=True)
+    else:
+        payload = repr(sorted(tokenizer.get_vocab().items()))
     payload += repr(sorted((k, str(v)) for k, v in tokenizer.special_tokens_map.items()))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -17,7 +17,7 @@ import numpy as np
 from datasets import Dataset
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-from job import artifacts, data, device, inference, labels, metrics, modeling, scaffold
+from job import artifacts, checkpoints, data, device, inference, labels, metrics, modeling, scaffold
 from job.errors import DataError
 from job.files import write_json
 from job.labels import LABELS, LabelSpec
@@ -26,6 +26,7 @@ from job.prepare import transient_cache
 from job.results import Prediction
 from job.scaffold import Phases
 from job.settings import Settings, redacted
+from job.storage import Output
 from job.tokenization import length_stats, tokenize
 from job.workspace import Workspace
 
@@ -41,10 +42,15 @@ def predict(settings: Settings) -> dict[str, Any]:
     the summary it logs. Raises JobError subclasses on failure."""
     phases = Phases()
     output = scaffold.writable_output(settings)  # before downloading a model and scoring, not after
+    work = Workspace.of(settings)
+    with scaffold.owned(settings, work, checkpoints.locate(settings, work.checkpoint_mirror)):
+        return _predict(settings, output, work, phases)
+
+
+def _predict(settings: Settings, output: Output, work: Workspace, phases: Phases) -> dict[str, Any]:
     done = scaffold.already_complete(output)
     if done is not None:
         return done
-    work = Workspace.of(settings)
     staging = scaffold.fresh_folder(work.predictions)
     log.info("predict.started", model=settings.model, dataset=settings.dataset, output=output.location)
 

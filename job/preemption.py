@@ -42,7 +42,7 @@ class StopRequest:
             signal.signal(signal.SIGTERM, previous)
 
     def clear(self) -> None:
-        self._event.clear()
+        """Forget a previous attempt's request (its stop file); a signal this process got stands."""
         self.stop_file.unlink(missing_ok=True)
 
     def _on_signal(self, signum: int, frame: object) -> None:

@@ -29,7 +29,7 @@ from job.modeling import tokenizer_fingerprint
 from job.settings import Settings
 from job.tokenization import LENGTH, length_stats, tokenize
 
-FORMAT_VERSION = 1  # bump when the prepared layout or its meaning changes
+FORMAT_VERSION = 2  # bump when the prepared layout or its meaning changes
 META = "prepared.json"
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 
@@ -141,6 +141,7 @@ def _build(
             **({TEST: raw.names["test"]} if test is not None else {}),
         },
         "dropped_empty_text": raw.dropped,
+        "source_files": raw.files,
         "class_counts": {name: labels.class_counts(splits[name], spec) for name in (TRAIN, VALIDATION)},
         "lengths": {name: length_stats(split, max_length) for name, split in splits.items()},
     }
@@ -200,7 +201,14 @@ def _cache_key(raw: data.RawSplits, settings: Settings, tokenizer: PreTrainedTok
             "max_eval_samples", "max_test_samples", "seed",
         }
     )  # fmt: skip
-    sources = {role: getattr(raw, role)._fingerprint for role in ("train", "eval", "test") if getattr(raw, role)}
+    # Local files by their content (a fresh copy of the same bytes, a new machine's mirror, is
+    # the same data); Hub splits by datasets' own fingerprint.
+    sources = {
+        role: [f["sha256"] for f in raw.files[raw.names[role]]] if raw.names[role] in raw.files
+        else getattr(raw, role)._fingerprint
+        for role in ("train", "eval", "test")
+        if getattr(raw, role) is not None
+    }  # fmt: skip
     blob = json.dumps(
         {
             "version": FORMAT_VERSION,

@@ -14,13 +14,14 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from job import checkpoints, metrics, modeling, promotion, search, trackers
+from job import checkpoints, metrics, modeling, ownership, promotion, search, trackers
 from job.checkpoints import Checkpoints
 from job.errors import ConfigError
 from job.logs import get_logger
+from job.ownership import Lease
 from job.prepare import PreparedData, prepare
 from job.settings import Settings
-from job.storage import Output, open_output
+from job.storage import Output, check_apart, open_output
 from job.topology import Topology
 from job.workspace import Workspace
 
@@ -51,9 +52,29 @@ class Phases:
 
 def writable_output(settings: Settings, *, dry_run: bool = False) -> Output:
     """FT_OUTPUT, checked writable before anything is downloaded or trained (a dry run leaves nothing there)."""
+    check_apart(settings)
     output = open_output(settings)
     output.check_writable(dry_run=dry_run)
     return output
+
+
+@contextlib.contextmanager
+def owned(settings: Settings, work: Workspace, saved: Checkpoints, topology: Topology | None = None) -> Iterator[Lease]:
+    """The run id for this process alone while the command runs: a lock per node beside the
+    work folder, and on the main node (of `topology`; a single process without it) a lease
+    beside the durable checkpoints."""
+    main = topology is None or topology.is_main_node
+    node = topology.node_rank if topology is not None else 0
+    with ownership.owned(
+        settings, lock_dir=work.root.parent, node_rank=node, store=saved.root if main else None
+    ) as lease:
+        yield lease
+
+
+def probe_owner(settings: Settings, topology: Topology, work: Workspace, saved: Checkpoints) -> dict[str, Any]:
+    """What `owned` would find, taking nothing: the run's error for a live owner."""
+    store = saved.root if topology.is_main_node else None
+    return ownership.probe(settings, lock_dir=work.root.parent, node_rank=topology.node_rank, store=store)
 
 
 def already_complete(output: Output) -> dict[str, Any] | None:
@@ -68,18 +89,21 @@ def preflight(
     settings: Settings, topology: Topology, work: Workspace, *, dry_run: bool = False
 ) -> tuple[Output, Checkpoints]:
     """Fail before any download or training when the run could not finish: settings that
-    depend on each other, then write access to the output and the checkpoints (a dry run
-    leaves nothing there). Only the main node writes, so only it checks."""
+    depend on each other, locations that overlap, then write access to the output and the
+    checkpoints (a dry run leaves nothing there) and a readable promotion pointer. Only the
+    main node writes, so only it checks those."""
     if topology.nnodes > 1 and "run_id" not in settings.model_fields_set:
         raise ConfigError("a multi-node run needs FT_RUN_ID, set to the same value on every node")
     promotion.check_supported(settings)
     trackers.check_available(settings)
     search.check_supported(settings, topology)
+    check_apart(settings)
     output = open_output(settings)
     saved = checkpoints.locate(settings, work.checkpoint_mirror)
     if topology.is_main_node:
         output.check_writable(dry_run=dry_run)  # before hours of training, not after
         checkpoints.check_writable(saved, dry_run=dry_run)
+        promotion.check_pointer(output)
     return output, saved
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 import torch
 
-from job import launch, metrics
+from job import fingerprint, launch, metrics
 from job.checkpoints import Checkpoints, latest
 from job.errors import ConfigError, Preempted, TrainingError
 from job.files import write_json
@@ -90,6 +90,32 @@ def with_params(settings: Settings, params: dict[str, Any]) -> Settings:
     return settings.model_copy(update=update)
 
 
+def recorded(
+    settings: Settings, prepared: PreparedData, saved: Checkpoints, inputs: dict[str, Any]
+) -> dict[str, Any] | None:
+    """This run id's search record, checked against this run's search settings and `inputs`
+    (the run's fingerprint but its training settings): ConfigError when they differ."""
+    record = _Record(saved)
+    previous = record.load()
+    if previous is None:
+        return None
+    wanted = _header(settings, prepared, inputs)
+    searched = {k: v for k, v in wanted.items() if k != "inputs"}
+    if {k: previous.get(k) for k in searched} != searched:
+        raise ConfigError(
+            f"FT_SEARCH_*: run {settings.run_id} already searched with other settings (metric, seed or ranges "
+            f"in {record.location}); restore them or start a new FT_RUN_ID"
+        )
+    made_with = previous.get("inputs")
+    fingerprint.check_resumable(
+        None if made_with is None else {"settings": {}, **made_with},
+        {"settings": {}, **inputs},
+        run_id=settings.run_id,
+        what=f"its search record ({record.location})",
+    )
+    return previous
+
+
 def search(
     settings: Settings,
     prepared: PreparedData,
@@ -98,28 +124,16 @@ def search(
     *,
     saved: Checkpoints,
     stop: StopRequest,
+    previous: dict[str, Any] | None,
+    inputs: dict[str, Any],
     final_started: bool,
 ) -> SearchResult:
-    """Run the trials not yet recorded, then pick the best; `final_started`: the final
-    training has checkpoints already, so only the recorded choice may be used."""
+    """Run the trials not yet in `previous` (the checked record, see `recorded`), then pick the best;
+    `final_started`: the final training has checkpoints already, so only the recorded choice may be used."""
     optuna = _optuna()
-    metric = metrics.best_model_metric(settings.metric_for_best_model, prepared.labels.problem_type)
-    assert metric is not None  # a real problem type always has one
-    header: dict[str, Any] = {
-        "metric": metric,
-        "split": "validation",
-        "direction": "maximize" if metrics.greater_is_better(metric) else "minimize",
-        "sampler": "optuna TPE",
-        "seed": settings.seed,
-        "space": space(settings),
-    }
+    header = _header(settings, prepared, inputs)
+    metric = header["metric"]
     record = _Record(saved)
-    previous = record.load()
-    if previous is not None and {k: previous.get(k) for k in header} != header:
-        raise ConfigError(
-            f"FT_SEARCH_*: run {settings.run_id} already searched with other settings (metric, seed or ranges "
-            f"in {record.location}); restore them or start a new FT_RUN_ID"
-        )
     trials: list[dict[str, Any]] = previous["trials"] if previous else []
 
     if final_started:
@@ -206,6 +220,20 @@ def search(
         seconds=round(sum(t["seconds"] for t in trials), 1),
     )
     return SearchResult(with_params(settings, best["params"]), document)
+
+
+def _header(settings: Settings, prepared: PreparedData, inputs: dict[str, Any]) -> dict[str, Any]:
+    metric = metrics.best_model_metric(settings.metric_for_best_model, prepared.labels.problem_type)
+    assert metric is not None  # a real problem type always has one
+    return {
+        "metric": metric,
+        "split": "validation",
+        "direction": "maximize" if metrics.greater_is_better(metric) else "minimize",
+        "sampler": "optuna TPE",
+        "seed": settings.seed,
+        "space": space(settings),
+        "inputs": inputs,
+    }
 
 
 def write_trials(path: Path, record: dict[str, Any]) -> None:

@@ -475,6 +475,22 @@ class Settings(BaseSettings):
         ge=1,
         le=100,
     )
+    changed_inputs: Literal["stop", "discard"] = _field(
+        "checkpointing",
+        "What a run does when its run id has checkpoints (or a search record) made with other inputs (training "
+        "settings, data, model, tokenizer, labels, world size): `stop` with exit code 2, naming what changed; "
+        "`discard` them and train from scratch. A run with unchanged inputs always resumes.",
+        default="stop",
+    )
+    lease_seconds: int = _field(
+        "checkpointing",
+        "One live process per run id: the run holds a lease in `<FT_CHECKPOINT_DIR>/<run id>/`, renewed every "
+        "quarter of this many seconds. A second process with the same run id stops at once (exit code 8) while "
+        "the lease is fresh; a lease its owner stopped renewing (a killed process) is taken over once it expires.",
+        default=60,
+        ge=5,
+        le=3600,
+    )
 
     # --- promotion --------------------------------------------------------------------
     promote_min: OptionalFloat = _field(

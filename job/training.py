@@ -59,13 +59,14 @@ def train_and_evaluate(
     checkpoints: Path,
     resume: Path | None,
     stop: StopRequest,
+    inputs: dict[str, Any] | None = None,
 ) -> TrainOutcome:
     """Train (from `resume` when given), pick the best checkpoint, predict validation
     (and test), save the model.
 
     Every rank runs this; the returned predictions cover all rows on every rank, and
     only the main process writes to `staging`. A stop request saves a checkpoint and
-    raises Preempted.
+    raises Preempted. `inputs`, the run's fingerprint, goes into every checkpoint's marker.
     """
     precision = device.precision(settings.mixed_precision)
     metric = metrics.best_model_metric(settings.metric_for_best_model, prepared.labels.problem_type)
@@ -77,7 +78,7 @@ def train_and_evaluate(
     callbacks: list[TrainerCallback] = [
         ProgressLog(staging / TRAIN_LOG),
         NonFiniteLossGuard(),
-        CheckpointCallback(stop, save_steps=settings.save_steps, run_id=settings.run_id),
+        CheckpointCallback(stop, save_steps=settings.save_steps, run_id=settings.run_id, inputs=inputs),
         *trackers.callbacks(settings, staging),
     ]
     if settings.early_stopping_patience:

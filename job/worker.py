@@ -11,6 +11,7 @@ failing rank writes its exit code and message there for the launcher to report.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -53,6 +54,7 @@ def run(argv: list[str] | None = None) -> int:
             checkpoints=args.checkpoints,
             resume=args.resume,
             stop=stop,
+            inputs=json.loads(work.inputs.read_text()),
         )
         if rank == 0:
             save_outcome(outcome, work.outcome)

@@ -42,6 +42,11 @@ class Workspace:
         return self.root / "failures"
 
     @property
+    def inputs(self) -> Path:
+        """The run's input fingerprint, which the workers record in every checkpoint."""
+        return self.root / "inputs.json"
+
+    @property
     def stop_file(self) -> Path:
         """Created on SIGTERM: workers that did not get the signal stop too."""
         return self.root / "STOP"

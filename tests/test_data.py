@@ -142,7 +142,7 @@ def test_hub_code_path_with_a_local_stand_in_repo(make_settings, tmp_path: Path)
         "- config_name: sst2\n  data_files:\n  - split: train\n    path: sst2/train.csv\n---\n"
     )
     settings = make_settings(dataset="org/glue-like", dataset_config="sst2")
-    splits = data._load(Location("hub", str(repo)), settings)
+    splits = data._load(Location("hub", str(repo)), settings).splits
     assert len(splits["train"]) == 7
     with pytest.raises(DataError, match=r"could not load dataset .*; check FT_DATASET, FT_DATASET_CONFIG"):
         data._load(Location("hub", str(repo)), make_settings(dataset="org/glue-like", dataset_config="nope"))

@@ -15,15 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from job.settings import Settings
-from job.storage.folder import Entry, Folder, mirror, read_json, write_json
+from job.storage.folder import COMPLETE, Entry, Folder, mirror, read_json, write_json
 from job.storage.locations import (
     Location,
+    check_apart,
     checkpoint_location,
     classify,
     data_format_of,
+    data_stem,
     output_location,
 )
-from job.storage.outputs import COMPLETE, LATEST, Output, completion_manifest
+from job.storage.outputs import LATEST, Output, completion_manifest
 
 __all__ = [
     "COMPLETE",
@@ -32,10 +34,12 @@ __all__ = [
     "Folder",
     "Location",
     "Output",
+    "check_apart",
     "checkpoint_location",
     "classify",
     "completion_manifest",
     "data_format_of",
+    "data_stem",
     "fetch",
     "mirror",
     "open_folder",

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from job.errors import StorageError
 
+COMPLETE = "_COMPLETE.json"  # written last into a published run: every other file, size, sha256
 MIRROR_INDEX = ".ftjob-s3-index.json"  # what a local mirror holds: object -> [etag, size]
 
 
@@ -39,9 +40,17 @@ class Folder(Protocol):
     def create(self, name: str, body: bytes) -> bool:
         """Write only if `name` does not exist yet (atomically); False when it already did."""
 
+    def read_tagged(self, name: str) -> tuple[bytes, str] | None:
+        """One object's content and a tag that changes whenever it is written; None when absent."""
+
+    def swap(self, name: str, body: bytes, *, tag: str) -> bool:
+        """Replace the object only if it is still the version `tag` names (compare-and-swap);
+        False when another writer changed or removed it meanwhile."""
+
     def put_tree(self, source: Path, names: list[str]) -> None:
         """Make this folder hold exactly `names` (paths relative to `source`): upload or move them in, check
-        what arrived, and remove whatever else an earlier attempt left. `source` may be consumed."""
+        what arrived, and remove whatever else an earlier attempt left. `source` may be consumed. Refuses
+        (StorageError) to touch a folder that holds a completed run (`_COMPLETE.json`)."""
 
     def upload(self, source: Path, names: list[str]) -> None:
         """Copy these files (paths relative to `source`) in, leaving every other object as it is."""
@@ -80,14 +89,20 @@ def write_json(folder: Folder, name: str, payload: Any) -> None:
     folder.write(name, to_json(payload))
 
 
-def mirror(folder: Folder, objects: dict[str, Entry], target: Path) -> tuple[int, int]:
+def mirror(folder: Folder, objects: dict[str, Entry], target: Path, *, exact: bool) -> tuple[int, int]:
     """Download what of `objects` the local `target` does not already hold at the same
-    ETag; returns the objects and bytes fetched."""
+    ETag; returns the objects and bytes fetched. `exact`: afterwards `target` holds these
+    objects and nothing else (files an earlier mirror had, deleted at the source since, go)."""
     target.mkdir(parents=True, exist_ok=True)
     index_path = target / MIRROR_INDEX
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     todo = [n for n, e in objects.items() if not ((target / n).is_file() and index.get(n) == [e.etag, e.size])]
     folder.get(todo, target)
     index.update({n: [objects[n].etag, objects[n].size] for n in todo})
+    if exact:
+        for path in [p for p in target.rglob("*") if p.is_file() and p != index_path]:
+            if path.relative_to(target).as_posix() not in objects:
+                path.unlink()
+        index = {n: v for n, v in index.items() if n in objects}
     index_path.write_text(json.dumps(index, indent=1))
     return len(todo), sum(objects[n].size for n in todo)

@@ -17,8 +17,9 @@ from job.errors import StorageError
 from job.files import file_listing, write_json
 from job.logs import get_logger
 from job.settings import Settings
+from job.storage.folder import COMPLETE
 from job.storage.locations import Location
-from job.storage.outputs import COMPLETE, completion_manifest
+from job.storage.outputs import completion_manifest
 
 log = get_logger("job.storage.hub")
 
@@ -126,6 +127,9 @@ class HubOutput:
             )
         log.info("hub.published", location=self.location, commit=getattr(info, "oid", None), files=len(files) + 1)
         return self.location
+
+    def read_published(self, name: str) -> bytes | None:
+        return None  # the Hub has no promotion pointer to finish
 
     def read_latest(self) -> dict[str, Any] | None:
         return None  # on the Hub the head of the branch is the latest; no promotion gate here

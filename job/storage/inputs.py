@@ -47,7 +47,8 @@ def fetch(location: Location, settings: Settings, *, data_only: bool) -> Path:
     base = parent if single else key
     target = safe_join(cache_root, base, where) if base else cache_root
     started = time.monotonic()
-    fetched, size = mirror(mirror_of, objects, target)
+    # A prefix's mirror is exact: an object deleted from the prefix is not read from the cache.
+    fetched, size = mirror(mirror_of, objects, target, exact=not single)
     seconds = time.monotonic() - started
     log.info(
         "s3.downloaded",

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from job.errors import StorageError
-from job.storage.folder import Entry
+from job.storage.folder import COMPLETE, Entry
 
 
 class LocalFolder:
@@ -56,8 +58,38 @@ class LocalFolder:
             scratch.unlink(missing_ok=True)
         return True
 
+    def read_tagged(self, name: str) -> tuple[bytes, str] | None:
+        body = self.read(name)
+        return None if body is None else (body, hashlib.sha256(body).hexdigest())
+
+    def swap(self, name: str, body: bytes, *, tag: str) -> bool:
+        # The check and the replace under one lock, which other hosts of a shared filesystem
+        # see too (flock is carried as a POSIX lock over NFS).
+        with self._locked(name):
+            current = self.read_tagged(name)
+            if current is None or current[1] != tag:
+                return False
+            self.write(name, body)
+        return True
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        path = self.root / f".{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def put_tree(self, source: Path, names: list[str]) -> None:
         ensure_writable_dir(self.root.parent, self.variable)
+        if (self.root / COMPLETE).exists():
+            raise StorageError(
+                f"{self.variable}={self.location}: a completed run is already there; it is never replaced — "
+                "publish under a new FT_RUN_ID"
+            )
         if self.root.exists():  # left by an interrupted attempt of this run id
             shutil.rmtree(self.root)
         try:
@@ -79,7 +111,13 @@ class LocalFolder:
 
     def delete(self, names: Iterable[str]) -> None:
         for name in names:
-            (self.root / name).unlink(missing_ok=True)
+            path = self.root / name
+            path.unlink(missing_ok=True)
+            for folder in path.parents:  # folders left empty go too, as they would in S3
+                if folder == self.root.parent or not folder.is_relative_to(self.root):
+                    break
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
     def delete_all(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -43,12 +43,20 @@ class Location:
 
 def data_format_of(path: Path | str) -> str | None:
     """csv/json/parquet from a file name, looking through a compression suffix."""
+    return DATA_SUFFIXES.get(Path(_uncompressed(path)).suffix)
+
+
+def data_stem(path: Path | str) -> str:
+    """A data file's name without its data and compression suffixes: `train.csv.bz2` -> `train`."""
+    return Path(_uncompressed(path)).stem
+
+
+def _uncompressed(path: Path | str) -> str:
     name = Path(path).name.lower()
     for suffix in COMPRESSION_SUFFIXES:
         if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return DATA_SUFFIXES.get(Path(name).suffix)
+            return name[: -len(suffix)]
+    return name
 
 
 def classify(value: str, variable: str, *, what: str) -> Location:
@@ -124,3 +132,57 @@ def _s3(value: str, variable: str) -> Location:
     if not bucket:
         raise ConfigError(f"{variable}='{value}' names no bucket; use s3://bucket/prefix")
     return Location("s3", f"s3://{bucket}/{key}", variable)
+
+
+# What the cache holds besides checkpoints: scratch that is rebuilt, wiped with the pod, or
+# removed when a run is published (runs/<run id>).
+CACHE_FOLDERS = ("runs", "prepared", "s3", "datasets", "hub")
+
+
+def check_apart(settings: Settings) -> None:
+    """FT_OUTPUT, FT_CHECKPOINT_DIR and FT_CACHE_DIR (and the per-run folders in them) must
+    not coincide or nest: publishing, the checkpoint cleanup and the scratch folder's
+    removal would otherwise delete each other's files. ConfigError naming both settings."""
+    output, checkpoints = output_location(settings), checkpoint_location(settings)
+    cache = Location("local", str(settings.cache_dir.expanduser()), "FT_CACHE_DIR")
+    run = settings.run_id
+    published = (f"FT_OUTPUT's folder for this run ({_below(output, run)})", _below(output, run))
+    saved = (f"FT_CHECKPOINT_DIR's folder for this run ({_below(checkpoints, run)})", _below(checkpoints, run))
+    pairs = [
+        (saved, published, "the checkpoint cleanup would delete the published model"),
+        ((f"FT_OUTPUT ({output.ref})", output), (f"FT_CACHE_DIR ({cache.ref})", cache),
+         "the cache is scratch space: it may be wiped, and each run's folder in it is removed"),
+        *(
+            (saved, (f"the cache's {folder}/ folder ({_below(cache, folder)})", _below(cache, folder)),
+             "that folder is the cache's scratch space")
+            for folder in CACHE_FOLDERS
+        ),
+    ]  # fmt: skip
+    for (one_label, one), (other_label, other), why in pairs:
+        relation = _overlap(one, other)
+        if relation:
+            raise ConfigError(f"{one_label} {relation} {other_label}: {why}; point them at separate folders")
+
+
+def _below(location: Location, name: str) -> Location:
+    return Location(location.kind, f"{location.ref.rstrip('/')}/{name}", location.variable)
+
+
+def _parts(location: Location) -> tuple[str, ...]:
+    if location.kind == "s3":
+        return ("s3:", location.bucket, *(p for p in location.key.split("/") if p))
+    return Path(location.ref).expanduser().resolve().parts
+
+
+def _overlap(one: Location, other: Location) -> str | None:
+    """How the two relate when they are the same folder or one holds the other."""
+    if "hub" in (one.kind, other.kind):
+        return None  # a Hub repo shares no folder with anything
+    a, b = _parts(one), _parts(other)
+    if a == b:
+        return "is the same folder as"
+    if a[: len(b)] == b:
+        return "is inside"
+    if b[: len(a)] == a:
+        return "contains"
+    return None

@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from job.errors import StorageError
 from job.files import file_listing
 from job.logs import get_logger
-from job.storage.folder import Folder, read_json, to_json, write_json
+from job.storage.folder import COMPLETE, Folder, read_json, to_json, write_json
 from job.storage.s3_client import MIB
 
-COMPLETE = "_COMPLETE.json"
 LATEST = "latest.json"  # beside the runs: the promoted (production) run
 
 log = get_logger("job.storage.outputs")
@@ -31,6 +31,9 @@ class Output(Protocol):
 
     def publish(self, staging: Path, *, message: str) -> str:
         """Upload the verified folder; returns the final location."""
+
+    def read_published(self, name: str) -> bytes | None:
+        """A file of this run as published (None when absent, or where promotion does not apply)."""
 
     def read_latest(self) -> dict[str, Any] | None:
         """The `latest.json` pointer beside the runs (the production run), if any."""
@@ -73,7 +76,12 @@ class FolderOutput:
         mark = time.monotonic()
         self.run.put_tree(staging, [f["path"] for f in files])
         moving = time.monotonic() - mark
-        self.run.write(COMPLETE, to_json(completion_manifest(files, message=message)))
+        if not self.run.create(COMPLETE, to_json(completion_manifest(files, message=message))):
+            raise StorageError(
+                f"{self.run.variable}={self.location}: another process completed this run id while this one published; "
+                "its result stands, and this one's files may be mixed in — check the run, or publish under a new "
+                "FT_RUN_ID"
+            )
         size = sum(f["size"] for f in files)
         log.info(
             "output.published",
@@ -86,8 +94,13 @@ class FolderOutput:
         )
         return self.location
 
+    def read_published(self, name: str) -> bytes | None:
+        return self.run.read(name)
+
     def read_latest(self) -> dict[str, Any] | None:
-        return read_json(self.root, LATEST, fix="fix or delete it so the promotion gate can compare")
+        return read_json(
+            self.root, LATEST, fix="restore it from the run it names, or delete it to let the next run become latest"
+        )
 
     def write_latest(self, pointer: dict[str, Any]) -> None:
         write_json(self.root, LATEST, pointer)  # readers see the old pointer or the new one

@@ -12,7 +12,7 @@ from job.errors import StorageError
 from job.logs import get_logger
 from job.settings import Settings
 from job.storage import s3_client
-from job.storage.folder import Entry
+from job.storage.folder import COMPLETE, Entry
 from job.storage.s3_client import NOT_FOUND, translated
 
 _FILE_ATTEMPTS = 3
@@ -94,8 +94,39 @@ class S3Folder:
                 raise
         return True
 
+    def read_tagged(self, name: str) -> tuple[bytes, str] | None:
+        from botocore.exceptions import ClientError
+
+        with self._translated(writing=False):
+            try:
+                answer = self.s3.get_object(Bucket=self.bucket, Key=self.prefix + name)
+            except ClientError as exc:
+                if s3_client.error_code(exc) in NOT_FOUND:
+                    return None
+                raise
+            return answer["Body"].read(), str(answer["ETag"])
+
+    def swap(self, name: str, body: bytes, *, tag: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        with self._translated(writing=True):
+            try:
+                self.s3.put_object(
+                    Bucket=self.bucket, Key=self.prefix + name, Body=body, ContentType=_content_type(name), IfMatch=tag
+                )
+            except ClientError as exc:
+                if s3_client.error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", *NOT_FOUND):
+                    return False
+                raise
+        return True
+
     def put_tree(self, source: Path, names: list[str]) -> None:
         sizes = {name: (source / name).stat().st_size for name in names}
+        if self.read(COMPLETE) is not None:
+            raise StorageError(
+                f"{self.variable}={self.location}: a completed run is already there; it is never replaced — "
+                "publish under a new FT_RUN_ID"
+            )
         with self._translated(writing=True):
             self._upload(source, names)
             arrived = self.list()
