@@ -38,7 +38,7 @@ FTJOB_CHECK="${FTJOB_CHECK:-0}"                     # 1: dry run first; only: ju
 export FT_MODEL="${FT_MODEL:-bert-base-uncased}"
 export FT_DATASET="${FT_DATASET:-imdb}"
 export FT_OUTPUT="${FT_OUTPUT:-$HOME/ftjob/outputs}"  # or s3://bucket/prefix, hf://org/name
-export FT_CACHE_DIR="${FT_CACHE_DIR:-/tmp/ftjob-cache-$USER}"  # node-local disk is fastest
+export FT_CACHE_DIR="${FT_CACHE_DIR:-/tmp/ftjob-cache-${USER:-$(id -un)}}"  # node-local disk is fastest
 # Checkpoints must outlive the nodes: a shared filesystem or s3://bucket/prefix.
 export FT_CHECKPOINT_DIR="${FT_CHECKPOINT_DIR:-$HOME/ftjob/checkpoints}"
 # Every node must use the same run id; a requeued job keeps its id and its checkpoints.
@@ -51,6 +51,11 @@ export FT_RUN_ID="${FT_RUN_ID:-slurm-${SLURM_JOB_ID}}"
 FT_MASTER_ADDR="$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n 1)"
 export FT_MASTER_ADDR
 export PYTHONUNBUFFERED=1
+# Since Slurm 22.05 srun no longer reads SLURM_CPUS_PER_TASK: without this, each launcher
+# step asks for one CPU per task and tokenization and data loading get one core.
+if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then
+    export SRUN_CPUS_PER_TASK="${SRUN_CPUS_PER_TASK:-${SLURM_CPUS_PER_TASK}}"
+fi
 
 echo "ftjob: run ${FT_RUN_ID} on ${SLURM_JOB_NUM_NODES:-1} node(s), rendezvous at ${FT_MASTER_ADDR}" >&2
 

@@ -138,3 +138,16 @@ def test_the_dry_run_variant_of_the_job_is_valid() -> None:
     job = next(d for d in yaml.safe_load_all(dry.stdout) if d and d["kind"] == "Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["check"]
     assert "args" not in documents(ROOT / "k8s" / "job.yaml")[1]["spec"]["template"]["spec"]["containers"][0]
+
+
+def sbatch_options(path: Path) -> list[str]:
+    return [line.split()[1] for line in path.read_text().splitlines() if line.startswith("#SBATCH ")]
+
+
+def test_sbatch_template_hands_its_cpus_to_srun() -> None:
+    """Static half of tests/test_slurm.py (which needs slurm-wlm): steps get the job's
+    --cpus-per-task (srun ignores SLURM_CPUS_PER_TASK since Slurm 22.05)."""
+    script = ROOT / "slurm" / "train.sh"
+    assert any(o.startswith("--cpus-per-task=") for o in sbatch_options(script))
+    text = script.read_text()
+    assert 'export SRUN_CPUS_PER_TASK="${SRUN_CPUS_PER_TASK:-${SLURM_CPUS_PER_TASK}}"' in text
