@@ -22,6 +22,7 @@
 #SBATCH --mem=0                   # all memory of each node
 #SBATCH --time=24:00:00           # EDIT: wall-clock limit
 #SBATCH --output=logs/%x-%j.out   # per-job log (JSON lines); the logs/ folder must exist
+#SBATCH --open-mode=append        # a requeued job keeps the log of its earlier attempts
 #SBATCH --signal=B:TERM@120       # warn the job 120 s before the time limit or preemption
 #SBATCH --requeue                 # preempted jobs go back to the queue
 
@@ -84,12 +85,13 @@ if [[ ${FTJOB_CHECK} != 0 ]]; then
 fi
 
 # The time-limit warning (--signal above), `scancel --signal=TERM --batch` and preemption
-# send SIGTERM to this shell: pass it to srun, which passes it to the job. The job then
-# saves a checkpoint and exits 75, and the job is requeued: it resumes under the same
-# run id. Any other status is final: 0 done, 2/3 fix the settings or data (README).
+# send SIGTERM to this shell: pass it on to the job's tasks on every node, through Slurm.
+# (srun takes a SIGTERM of its own as "kill the step now": SIGKILL, no checkpoint.) The
+# job then saves a checkpoint and exits 75, and the job is requeued: it resumes under the
+# same run id. Any other status is final: 0 done, 2/3 fix the settings or data (README).
 "${launcher[@]}" &
 srun_pid=$!
-trap 'kill -TERM "${srun_pid}" 2>/dev/null || true' TERM
+trap 'scancel --signal=TERM "${SLURM_JOB_ID}" 2>/dev/null || true' TERM
 status=0
 wait "${srun_pid}" || status=$?
 while kill -0 "${srun_pid}" 2>/dev/null; do  # the trap ended the first wait early

@@ -1,6 +1,7 @@
 """slurm/train.sh submitted with `sbatch --wait` to a real one-node Slurm cluster started
 on localhost. Two srun tasks stand in for two nodes: two launchers, a rendezvous on the
-first host, world size 2 over gloo; the first publishes, the second only trains."""
+first host, world size 2 over gloo; the first publishes, the second only trains. A
+preempted job is requeued by the script and resumes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import rows, write
@@ -49,7 +52,7 @@ def job_state(env: dict[str, str], job_id: str) -> str:
     ).stdout
 
 
-def events(log: Path) -> list[dict]:
+def events(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
 
 
@@ -104,3 +107,73 @@ def test_every_step_asks_srun_for_the_jobs_cpus_per_task(tmp_path: Path) -> None
         assert "JobState=COMPLETED" in job_state(env, job_id)
     # The dry run (step 0) and the launcher (step 1), each asking for the job's 2 CPUs.
     assert record.read_text().splitlines() == ["0 2 -m job check", "1 2 -m job"]
+
+
+def test_a_preempted_job_is_requeued_resumes_and_keeps_one_log(tmp_path: Path, tiny_model: Path) -> None:
+    """SIGTERM to the batch shell (what the time-limit warning and preemption send): the job
+    saves a checkpoint and exits 75, the script requeues it, the second attempt resumes the
+    same run id and publishes. The log holds both attempts (--open-mode=append)."""
+    write(tmp_path / "data" / "train.jsonl", rows("binary", 1600, seed=1))  # hundreds of steps
+    write(tmp_path / "data" / "validation.jsonl", rows("binary", 100, seed=2))
+    (tmp_path / "logs").mkdir()
+    with SlurmCluster(tmp_path / "slurm") as cluster:
+        env = job_env(
+            cluster,
+            FTJOB_VENV=str(VENV), FT_MODEL=str(tiny_model), FT_DATASET=str(tmp_path / "data"),
+            FT_OUTPUT=str(tmp_path / "outputs"), FT_CACHE_DIR=str(tmp_path / "cache"),
+            FT_CHECKPOINT_DIR=str(tmp_path / "checkpoints"), FT_EPOCHS="1", FT_BATCH_SIZE="8",
+            FT_LEARNING_RATE="3e-3", FT_LOGGING_STEPS="1", FT_SAVE_STEPS="10",
+        )  # fmt: skip
+        command = ["sbatch", "--wait", *SMALL, "--ntasks=1", "--cpus-per-task=2", f"--chdir={tmp_path}"]
+        waiting = subprocess.Popen(
+            [*command, str(ROOT / "slurm" / "train.sh")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        try:
+            job_id = poll(lambda: running_job(env), what="the job to start")
+            log = tmp_path / "logs" / f"ftjob-{job_id}.out"
+            poll(lambda: log.is_file() and any(e["event"] == "train.progress" for e in events(log)), what="training")
+            subprocess.run(["scancel", "--signal=TERM", "--batch", job_id], env=env, check=True)
+            # Slurm holds a requeued job back for two minutes (BeginTime); an operator's nudge,
+            # after the second in which slurmd revoked the first attempt's credential (a start
+            # within it is refused: "Job credential revoked").
+            poll(lambda: "Restarts=1" in (state := job_state(env, job_id)) and "JobState=PENDING" in state,
+                 what="the requeue")  # fmt: skip
+            time.sleep(2)
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True)
+            stdout, stderr = waiting.communicate(timeout=600)
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+        assert waiting.returncode == 0, stdout + stderr + cluster.log()
+        state = job_state(env, job_id)
+        assert "JobState=COMPLETED" in state and "Restarts=1" in state, state
+
+    text = log.read_text()
+    assert f"stopped with a checkpoint; requeueing job {job_id}" in text
+    found = events(log)
+    names = [e["event"] for e in found]
+    # The first attempt's lines are still there, before the second attempt's.
+    assert names.count("run.started") == 2 and names.index("run.preempted") < names.index("train.resumed")
+    first = found[: names.index("run.preempted")]
+    saved = [e["step"] for e in first if e["event"] == "checkpoint.saved"]
+    assert saved and found[names.index("train.resumed")]["step"] == saved[-1]
+    assert names[-1] == "run.completed"
+    assert (tmp_path / "outputs" / f"slurm-{job_id}" / "_COMPLETE.json").is_file()
+
+
+def running_job(env: dict[str, str]) -> str | None:
+    listed = subprocess.run(
+        ["squeue", "-h", "-t", "RUNNING", "-o", "%i"], env=env, capture_output=True, text=True, check=False
+    ).stdout.split()
+    return listed[0] if listed else None
+
+
+def poll(check: Any, *, what: str, timeout: float = 300) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")

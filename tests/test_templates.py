@@ -144,10 +144,14 @@ def sbatch_options(path: Path) -> list[str]:
     return [line.split()[1] for line in path.read_text().splitlines() if line.startswith("#SBATCH ")]
 
 
-def test_sbatch_template_hands_its_cpus_to_srun() -> None:
-    """Static half of tests/test_slurm.py (which needs slurm-wlm): steps get the job's
-    --cpus-per-task (srun ignores SLURM_CPUS_PER_TASK since Slurm 22.05)."""
+def test_sbatch_template_keeps_requeued_logs_and_hands_its_cpus_to_srun() -> None:
+    """Static half of tests/test_slurm.py (which needs slurm-wlm): a requeued job appends
+    to its log, steps get the job's --cpus-per-task (srun ignores SLURM_CPUS_PER_TASK
+    since Slurm 22.05), and SIGTERM reaches the tasks through Slurm, not through srun."""
     script = ROOT / "slurm" / "train.sh"
-    assert any(o.startswith("--cpus-per-task=") for o in sbatch_options(script))
+    options = sbatch_options(script)
+    assert {"--requeue", "--open-mode=append"} <= set(options)
+    assert any(o.startswith("--signal=B:TERM@") for o in options)
     text = script.read_text()
     assert 'export SRUN_CPUS_PER_TASK="${SRUN_CPUS_PER_TASK:-${SLURM_CPUS_PER_TASK}}"' in text
+    assert 'trap \'scancel --signal=TERM "${SLURM_JOB_ID}"' in text
