@@ -92,8 +92,8 @@ validate: install ## lint the Dockerfile, manifests (Kubernetes schema), sbatch 
 	$(VENV)/bin/hadolint docker/Dockerfile
 	$(VENV)/bin/kubernetes-validate --strict k8s/job.yaml k8s/multinode.yaml
 	$(VENV)/bin/actionlint k8s/ci/retrain.yml
-	$(VENV)/bin/shellcheck slurm/train.sh k8s/render.sh .ci/run
-	bash -n slurm/train.sh && bash -n k8s/render.sh
+	$(VENV)/bin/shellcheck slurm/train.sh k8s/render.sh .ci/run tests/pyxis_srun/srun
+	for script in slurm/train.sh k8s/render.sh .ci/run tests/pyxis_srun/srun; do bash -n $$script || exit 1; done
 
 docs: install ## regenerate the README settings table from the Settings class
 	$(PY) -m job.settings_doc --write README.md

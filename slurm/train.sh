@@ -32,6 +32,7 @@ set -euo pipefail
 # A container image through pyxis/enroot (srun --container-image), or a virtualenv made
 # with `make install` on a filesystem every node sees.
 FTJOB_IMAGE="${FTJOB_IMAGE:-}"                       # e.g. registry.example.com/ftjob:0.1.0
+FTJOB_MOUNTS="${FTJOB_MOUNTS:-}"                     # with an image: more SRC:DST[:ro],... to mount
 FTJOB_VENV="${FTJOB_VENV:-$HOME/ftjob/.venv}"
 FTJOB_CHECK="${FTJOB_CHECK:-0}"                     # 1: dry run first; only: just the dry run
 
@@ -60,16 +61,80 @@ fi
 
 echo "ftjob: run ${FT_RUN_ID} on ${SLURM_JOB_NUM_NODES:-1} node(s), rendezvous at ${FT_MASTER_ADDR}" >&2
 
-if [[ -n "${FTJOB_IMAGE}" ]]; then
-    mounts="${FT_CACHE_DIR}:${FT_CACHE_DIR}"
-    if [[ ${FT_CHECKPOINT_DIR} != s3://* ]]; then
-        mkdir -p "${FT_CHECKPOINT_DIR}"
-        mounts+=",${FT_CHECKPOINT_DIR}:${FT_CHECKPOINT_DIR}"
+# Container mode (pyxis). pyxis sets the job's environment in the container, but where the
+# image sets the same variable (ours sets FT_OUTPUT=/outputs, FT_CACHE_DIR, HOME, ...) the
+# image's value wins unless --container-env names it, and of the host the container sees
+# only what --container-mounts binds. So every setting is named and every local path is
+# mounted: a run whose FT_OUTPUT is not mounted "completes" into the container's own
+# filesystem, which is discarded with it. Besides FT_*, the variables the job reads:
+PASS_ENV=" HF_TOKEN HUGGING_FACE_HUB_TOKEN HF_ENDPOINT HF_HUB_OFFLINE HF_DATASETS_OFFLINE
+ AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE AWS_REGION
+ AWS_DEFAULT_REGION AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 AWS_CA_BUNDLE AWS_CONFIG_FILE
+ AWS_SHARED_CREDENTIALS_FILE AWS_ROLE_ARN AWS_WEB_IDENTITY_TOKEN_FILE MLFLOW_TRACKING_URI
+ MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD MLFLOW_TRACKING_TOKEN WANDB_API_KEY
+ WANDB_PROJECT WANDB_ENTITY WANDB_BASE_URL "
+
+# A local path (not s3://, hf://) made absolute: the container starts in the image's
+# WORKDIR, not in this job's directory. Prints nothing for a remote location.
+local_path() {
+    local value=${1#file://}
+    if [[ -n ${value} && ${value} != *://* ]]; then
+        realpath -m -- "${value}"
     fi
-    launcher=(srun --kill-on-bad-exit=1 --wait=60 --container-image="${FTJOB_IMAGE}"
-              --container-mounts="${mounts}" --container-env=ALL ftjob)
-    checker=(srun --nodes=1 --ntasks=1 --container-image="${FTJOB_IMAGE}"
-             --container-mounts="${mounts}" --container-env=ALL ftjob check)
+}
+
+# Sets container_mounts and container_env for srun, exporting absolute local paths.
+container_options() {
+    local name path mounts=() names=()
+    # What the job writes: created here (pyxis refuses a mount whose source is missing).
+    for name in FT_OUTPUT FT_CHECKPOINT_DIR FT_CACHE_DIR; do
+        path=$(local_path "${!name:-}")
+        if [[ -n ${path} ]]; then
+            mkdir -p "${path}"
+            export "${name}=${path}"
+            mounts+=("${path}:${path}")
+        fi
+    done
+    # AWS_PROFILE reads ~/.aws, but HOME in the container is the image's.
+    if [[ -n ${AWS_PROFILE:-} && -z ${AWS_CONFIG_FILE:-} && -f ${HOME}/.aws/config ]]; then
+        export AWS_CONFIG_FILE="${HOME}/.aws/config"
+    fi
+    if [[ -n ${AWS_PROFILE:-} && -z ${AWS_SHARED_CREDENTIALS_FILE:-} && -f ${HOME}/.aws/credentials ]]; then
+        export AWS_SHARED_CREDENTIALS_FILE="${HOME}/.aws/credentials"
+    fi
+    # What it only reads, where that is a local file or folder: read-only.
+    for name in FT_MODEL FT_DATASET AWS_CONFIG_FILE AWS_SHARED_CREDENTIALS_FILE AWS_WEB_IDENTITY_TOKEN_FILE \
+                AWS_CA_BUNDLE; do
+        path=$(local_path "${!name:-}")
+        if [[ -n ${path} && -e ${path} ]]; then
+            export "${name}=${path}"
+            mounts+=("${path}:${path}:ro")
+        fi
+    done
+    if [[ -n ${FTJOB_MOUNTS} ]]; then
+        mounts+=("${FTJOB_MOUNTS}")
+    fi
+    while read -r name; do
+        if [[ ${name} == FT_* || ${PASS_ENV} == *" ${name} "* ]]; then
+            names+=("${name}")
+        fi
+    done < <(compgen -e)
+    container_mounts=$(IFS=,; echo "${mounts[*]}")
+    container_env=$(IFS=,; echo "${names[*]}")
+}
+
+if [[ -n "${FTJOB_IMAGE}" ]]; then
+    container_options
+    echo "ftjob: in image ${FTJOB_IMAGE}, mounting ${container_mounts}" >&2
+    in_image=(--container-image="${FTJOB_IMAGE}" --container-mounts="${container_mounts}"
+              --no-container-entrypoint)
+    launcher=(srun --kill-on-bad-exit=1 --wait=60 "${in_image[@]}" --container-env="${container_env}" ftjob)
+    # The dry run also gets FT_NUM_NODES, which is set for it alone (below).
+    checker_env=${container_env}
+    if [[ ,${checker_env}, != *,FT_NUM_NODES,* ]]; then
+        checker_env+=",FT_NUM_NODES"
+    fi
+    checker=(srun --nodes=1 --ntasks=1 "${in_image[@]}" --container-env="${checker_env}" ftjob check)
 else
     launcher=(srun --kill-on-bad-exit=1 --wait=60 "${FTJOB_VENV}/bin/python" -m job)
     checker=(srun --nodes=1 --ntasks=1 "${FTJOB_VENV}/bin/python" -m job check)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from slurm_cluster import SlurmCluster, available
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent.parent
+PYXIS = ROOT / "tests" / "pyxis_srun"  # first on PATH: srun with pyxis' options (tests/pyxis_standin.py)
 # The template asks for GPUs and 32 cores per node; this test cluster has 2 cores.
 SMALL = ["--nodes=1", "--gpus-per-node=0"]
 
@@ -26,6 +28,17 @@ pytestmark = [
     pytest.mark.slurm,
     pytest.mark.skipif(not available(), reason="needs slurm-wlm (slurmctld, slurmd) and root; .ci/run installs them"),
 ]
+
+
+def mount_namespaces() -> bool:
+    """The pyxis stand-in builds each container in a mount namespace of its own."""
+    probe = ["unshare", "--mount", "--propagation", "private", "true"]
+    return bool(shutil.which("unshare")) and subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+needs_mount_namespaces = pytest.mark.skipif(
+    not available() or not mount_namespaces(), reason="the pyxis stand-in needs mount namespaces (unshare --mount)"
+)
 
 
 def job_env(cluster: SlurmCluster, **variables: str) -> dict[str, str]:
@@ -160,6 +173,92 @@ def test_a_preempted_job_is_requeued_resumes_and_keeps_one_log(tmp_path: Path, t
     assert saved and found[names.index("train.resumed")]["step"] == saved[-1]
     assert names[-1] == "run.completed"
     assert (tmp_path / "outputs" / f"slurm-{job_id}" / "_COMPLETE.json").is_file()
+
+
+def standin_image(folder: Path) -> Path:
+    """The image for the pyxis stand-in: docker/Dockerfile's runtime stage (its ENV,
+    WORKDIR, VOLUME) with this test run's Python and virtualenv as its files (/opt/ftjob)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    own = [str(VENV), str(ROOT / "job"), sys.base_prefix]  # the venv's interpreter, the editable install
+    files = {"/opt/ftjob": str(VENV), **{path: path for path in own}}
+    image = folder / "ftjob.standin.json"
+    image.write_text(
+        json.dumps({"dockerfile": str(ROOT / "docker" / "Dockerfile"), "stage": "runtime", "files": files})
+    )
+    return image
+
+
+@needs_mount_namespaces
+def test_the_pyxis_standin_applies_pyxis_rules(tmp_path: Path) -> None:
+    """tests/pyxis_standin.py, on its own: the image's variables win over the job's unless
+    named in --container-env, only mounted host paths are there, writes elsewhere vanish."""
+    image, kept, data = standin_image(tmp_path / "image"), tmp_path / "kept", tmp_path / "data"
+    kept.mkdir()
+    data.mkdir()
+    script = tmp_path / "steps.sh"
+    script.write_text(f"""#!/bin/bash
+srun printenv FT_OUTPUT
+srun --container-image={image} \\
+    sh -c 'echo "image $FT_OUTPUT $FT_EPOCHS $PWD"; ls {kept} || echo hidden; echo x > /outputs/x'
+srun --container-image={image} --container-env=FT_OUTPUT --container-mounts={kept}:{kept},{data}:/data:ro \\
+    sh -c 'echo "host $FT_OUTPUT"; echo model > "$FT_OUTPUT/model"; touch /data/x 2>/dev/null || echo read-only'
+srun --container-image={image} --container-mounts={tmp_path}/missing:/missing true || echo refused
+""")  # fmt: skip
+    outputs_existed = Path("/outputs").exists()
+    with SlurmCluster(tmp_path / "slurm") as cluster:
+        env = job_env(cluster, PATH=f"{PYXIS}:{cluster.env['PATH']}", FT_OUTPUT=str(kept), FT_EPOCHS="7")
+        done = subprocess.run(
+            ["sbatch", "--wait", "--ntasks=1", f"--output={tmp_path}/steps.out", str(script)],
+            env=env, capture_output=True, text=True, check=False, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr + cluster.log()
+    lines = [
+        line for line in (tmp_path / "steps.out").read_text().splitlines() if not line.startswith(("srun:", "ls:"))
+    ]
+    missing = f"pyxis stand-in: --container-mounts source {tmp_path}/missing does not exist"
+    assert lines == [
+        str(kept),
+        "image /outputs 7 /home/ftjob",
+        "hidden",
+        f"host {kept}",
+        "read-only",
+        missing,
+        "refused",
+    ]
+    assert (kept / "model").read_text() == "model\n" and not list(data.iterdir())
+    assert Path("/outputs").exists() == outputs_existed  # the container's own filesystem, not the host's
+
+
+@needs_mount_namespaces
+def test_container_mode_passes_every_setting_and_keeps_what_the_job_writes(tmp_path: Path, tiny_model: Path) -> None:
+    """FTJOB_IMAGE: the dry run and the launcher run in the image through pyxis (the
+    stand-in). The image sets FT_OUTPUT=/outputs and FT_CACHE_DIR=/cache/ftjob; the job's
+    own values must win and their folders be mounted, or the model stays in the container.
+    FT_OUTPUT and FT_DATASET are relative: the container starts elsewhere (its WORKDIR)."""
+    write(tmp_path / "data" / "train.csv", rows("binary", 120))
+    (tmp_path / "logs").mkdir()
+    outputs_existed = Path("/outputs").exists()
+    with SlurmCluster(tmp_path / "slurm") as cluster:
+        env = job_env(
+            cluster,
+            PATH=f"{PYXIS}:{cluster.env['PATH']}", FTJOB_IMAGE=str(standin_image(tmp_path / "image")),
+            FTJOB_CHECK="1", FT_MODEL=str(tiny_model), FT_DATASET="data", FT_OUTPUT="outputs",
+            FT_CACHE_DIR=str(tmp_path / "cache"), FT_CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
+            FT_EPOCHS="1", FT_BATCH_SIZE="16",
+        )  # fmt: skip
+        job_id, submit = sbatch(env, tmp_path, *SMALL, "--ntasks=1", "--cpus-per-task=2")
+        assert submit.returncode == 0, submit.stdout + submit.stderr + cluster.log()
+        assert "JobState=COMPLETED" in job_state(env, job_id)
+
+    log = tmp_path / "logs" / f"ftjob-{job_id}.out"
+    found = events(log)
+    names = [e["event"] for e in found]
+    assert "check.passed" in names, log.read_text()[-3000:]
+    run = tmp_path / "outputs" / f"slurm-{job_id}"
+    assert found[-1]["event"] == "run.completed" and found[-1]["location"] == str(run)
+    assert (run / "_COMPLETE.json").is_file()
+    assert (tmp_path / "cache" / "prepared").is_dir()  # FT_CACHE_DIR, not the image's /cache/ftjob
+    assert Path("/outputs").exists() == outputs_existed
 
 
 def running_job(env: dict[str, str]) -> str | None:

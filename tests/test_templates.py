@@ -18,7 +18,12 @@ from job.settings import ENV_PREFIX, Settings, env_name
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MANIFESTS = [ROOT / "k8s" / "job.yaml", ROOT / "k8s" / "multinode.yaml"]
-SCRIPTS = [ROOT / "slurm" / "train.sh", ROOT / "k8s" / "render.sh", ROOT / ".ci" / "run"]
+SCRIPTS = [
+    ROOT / "slurm" / "train.sh",
+    ROOT / "k8s" / "render.sh",
+    ROOT / ".ci" / "run",
+    ROOT / "tests" / "pyxis_srun" / "srun",
+]
 KNOWN = {env_name(name) for name in Settings.model_fields}
 
 
