@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -60,6 +61,41 @@ def test_rendered_manifests_are_valid_and_renamed() -> None:
         assert "ftjob-train" not in rendered.stdout and "ftjob-multinode" not in rendered.stdout
     bad = run(str(ROOT / "k8s" / "render.sh"), "Bad_Name", "img")
     assert bad.returncode == 2 and "is not a valid Job name" in bad.stderr
+
+
+def render(run_id: str, manifest: Path, image: str = "registry.example/ftjob:9") -> list[dict]:
+    rendered = run(str(ROOT / "k8s" / "render.sh"), run_id, image, str(manifest))
+    assert rendered.returncode == 0, rendered.stderr
+    return [d for d in yaml.safe_load_all(rendered.stdout) if d]
+
+
+def strictly_valid(doc: dict) -> None:
+    """Raises (kubernetes_validate.ValidationError) on a schema violation or unknown field."""
+    kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
+def test_every_run_gets_its_own_settings(manifest: Path) -> None:
+    """Two runs applied one after the other: each Job reads its own ConfigMap, named after
+    the run, from the same file (multinode.yaml stands on its own), so applying run B
+    never changes what a retried pod of run A reads."""
+    settings = {}
+    for run_id in ("retrain-a", "retrain-b"):
+        docs = render(run_id, manifest)
+        for doc in docs:
+            strictly_valid(doc)
+            assert doc["metadata"]["labels"]["app.kubernetes.io/instance"] == run_id
+        (config,) = [d for d in docs if d["kind"] == "ConfigMap"]
+        assert config["metadata"]["name"] == f"{run_id}-settings"
+        job = next(d for d in docs if d["kind"] == "Job")
+        pod = job["spec"]["template"]
+        assert pod["metadata"]["labels"]["app.kubernetes.io/instance"] == run_id
+        refs = [source["configMapRef"]["name"] for c in pod["spec"]["containers"] for source in c["envFrom"]]
+        assert refs == [config["metadata"]["name"]]
+        settings[run_id] = config["metadata"]["name"]
+    assert settings["retrain-a"] != settings["retrain-b"]
+    with pytest.raises(kubernetes_validate.ValidationError):  # strict: a misspelt field fails
+        strictly_valid({**job, "spec": {**job["spec"], "backofLimit": 3}})
 
 
 def test_jobs_fail_fast_on_the_documented_codes_and_run_hardened() -> None:
