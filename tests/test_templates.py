@@ -144,6 +144,65 @@ def test_jobs_fail_fast_on_the_documented_codes_and_run_hardened() -> None:
         assert secrets == {"HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
 
+def with_options(manifest: Path, folder: Path) -> Path:
+    """The manifest with its commented-out options switched on. An option starts with YAML
+    flush against the "#" (prose has "# "); its nested lines follow as "#  ..." (two spaces
+    or more). Deleting the "#" is all it takes, as the manifests' headers say."""
+    lines, in_option = [], False
+    for line in manifest.read_text().splitlines():
+        comment = re.match(r"^(\s*)#(.*)$", line)
+        body = comment.group(2) if comment else ""
+        in_option = bool(comment) and (bool(re.match(r"[^\s#]", body)) or (in_option and body.startswith("  ")))
+        lines.append(comment.group(1) + body if in_option else line)
+    switched_on = folder / manifest.name
+    switched_on.write_text("\n".join(lines) + "\n")
+    return switched_on
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
+def test_cluster_options_are_valid_when_switched_on(manifest: Path, tmp_path: Path) -> None:
+    """Off by default, each commented option is a valid manifest once uncommented: GPU
+    taint toleration, service account, ephemeral-storage, Kueue queue (and job.yaml's PVC
+    for FT_OUTPUT=/outputs). No service account token is mounted either way."""
+    default = next(d for d in documents(manifest) if d["kind"] == "Job")
+    docs = render("retrain-a", with_options(manifest, tmp_path))
+    for doc in docs:
+        strictly_valid(doc)
+    job = next(d for d in docs if d["kind"] == "Job")
+    for spec in (default["spec"]["template"]["spec"], job["spec"]["template"]["spec"]):
+        assert spec["automountServiceAccountToken"] is False  # nothing in the job calls the API server
+    assert "tolerations" not in default["spec"]["template"]["spec"]
+    assert "kueue.x-k8s.io/queue-name" not in default["metadata"]["labels"]
+    pod = job["spec"]["template"]["spec"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["serviceAccountName"]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["ephemeral-storage"] and resources["limits"]["ephemeral-storage"]
+    cache = next(v for v in pod["volumes"] if v["name"] == "cache")
+    requested = int(resources["requests"]["ephemeral-storage"].removesuffix("Gi"))
+    assert requested >= int(cache["emptyDir"]["sizeLimit"].removesuffix("Gi"))  # the cache fits
+
+
+def test_outputs_is_suggested_only_with_storage_that_outlives_the_pod(tmp_path: Path) -> None:
+    """The root filesystem is read-only and a pod's emptyDir dies with it: FT_OUTPUT=/outputs
+    comes with a PersistentVolumeClaim mounted there (commented out, like the suggestion)."""
+    job_yaml = ROOT / "k8s" / "job.yaml"
+    suggestion = next(line for line in job_yaml.read_text().splitlines() if line.strip().startswith("FT_OUTPUT:"))
+    assert "/outputs" in suggestion and "PVC" in suggestion
+    default = next(d for d in documents(job_yaml) if d["kind"] == "Job")
+    assert all(
+        m["mountPath"] != "/outputs" for m in default["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    )
+    job = next(d for d in render("retrain-a", with_options(job_yaml, tmp_path)) if d["kind"] == "Job")
+    pod = job["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/outputs"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["persistentVolumeClaim"]["claimName"]
+    multinode = (ROOT / "k8s" / "multinode.yaml").read_text()
+    assert "/outputs" not in multinode  # only the first pod publishes: S3 or the Hub there
+
+
 def fate(rules: list[dict], code: int) -> str:
     """What Kubernetes does with a pod whose train container exited with `code` (and no
     disruption condition): the first matching rule's action, else "Count" (backoffLimit)."""
