@@ -3,6 +3,7 @@ variable they set is a real setting."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -294,8 +295,90 @@ def test_dockerfile_is_hadolint_clean() -> None:
 
 
 def test_ci_workflow_is_actionlint_clean() -> None:
-    result = run(tool("actionlint"), "k8s/ci/retrain.yml")
+    # With shellcheck named, actionlint also checks every `run:` script.
+    result = run(tool("actionlint"), "-shellcheck", tool("shellcheck"), "k8s/ci/retrain.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+WORKFLOW = ROOT / "k8s" / "ci" / "retrain.yml"
+
+
+def workflow_steps() -> tuple[dict, dict[str, dict]]:
+    flow = yaml.safe_load(WORKFLOW.read_text())
+    job = flow["jobs"]["retrain"]
+    return {**flow, "job": job}, {step.get("id") or step.get("name") or step["uses"]: step for step in job["steps"]}
+
+
+def test_ci_workflow_fits_its_runner_and_deletes_a_cancelled_run() -> None:
+    flow, steps = workflow_steps()
+    job = flow["job"]
+    # GitHub-hosted runners end a job after 360 minutes; the run's deadline comes first.
+    assert job["runs-on"] == "ubuntu-latest" and "GitHub-hosted" in WORKFLOW.read_text()
+    assert int(flow["env"]["DEADLINE_MINUTES"]) < job["timeout-minutes"] <= 360
+    cleanup = [s for s in steps.values() if "cancelled()" in str(s.get("if", ""))]
+    assert len(cleanup) == 1 and "kubectl delete job,configmap" in cleanup[0]["run"]
+    assert "app.kubernetes.io/instance=${RUN_ID}" in cleanup[0]["run"]
+
+
+def test_ci_render_step_sets_the_deadline_and_labels_the_run(tmp_path: Path) -> None:
+    """The workflow's render step, run as it is: a strictly valid Job under the run id it
+    reports, with the workflow's deadline, and the label the cleanup step deletes by."""
+    flow, steps = workflow_steps()
+    env = {**os.environ, **{k: str(v) for k, v in flow["env"].items()}}
+    env.update(RUNNER_TEMP=str(tmp_path), GITHUB_OUTPUT=str(tmp_path / "output"), GITHUB_RUN_ATTEMPT="2")
+    done = subprocess.run(["bash", "-eo", "pipefail", "-c", steps["render"]["run"]], env=env, cwd=ROOT,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = (tmp_path / "output").read_text().strip().removeprefix("run_id=")
+    assert re.fullmatch(r"retrain-\d{8}-\d{4}-2", run_id)
+    docs = [d for d in yaml.safe_load_all((tmp_path / "job.yaml").read_text()) if d]
+    for doc in docs:
+        strictly_valid(doc)
+        assert doc["metadata"]["labels"]["app.kubernetes.io/instance"] == run_id
+    job = next(d for d in docs if d["kind"] == "Job")
+    assert job["metadata"]["name"] == run_id
+    assert job["spec"]["activeDeadlineSeconds"] == int(flow["env"]["DEADLINE_MINUTES"]) * 60
+
+
+FAKE_KUBECTL = """#!/usr/bin/env bash
+# kubectl for the wait step: `get job` answers the next state in $STATES ("error": the
+# request fails); `get pods` answers $CODE only when asked for the newest pod's train container.
+set -u
+if [[ $2 == job ]]; then
+    calls=$(( $(cat "$CALLS" 2>/dev/null || echo 0) + 1 )); echo "$calls" > "$CALLS"
+    state=$(echo "$STATES" | cut -d' ' -f"$calls")
+    [[ $state == error ]] && { echo "connection refused" >&2; exit 1; }
+    echo "$state "
+elif [[ " $* " == *" --sort-by=.metadata.creationTimestamp "* && $* == *'{.items[-1:]'*'@.name=="train"'* ]]; then
+    echo "$CODE"
+else
+    echo "oldest-pod"
+fi
+"""
+
+
+@pytest.mark.parametrize(
+    ("states", "code", "returncode", "says"),
+    [
+        ("error Complete", "", 0, "completed"),
+        ("error Failed", "7", 0, "not promoted"),
+        ("Failed", "4", 1, "failed (exit code 4)"),
+    ],
+    ids=["complete-after-a-failed-request", "not-promoted", "failed"],
+)
+def test_ci_wait_step_reads_the_newest_pod(tmp_path: Path, states: str, code: str, returncode: int, says: str) -> None:
+    _, steps = workflow_steps()
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    (fakes / "kubectl").write_text(FAKE_KUBECTL)
+    (fakes / "sleep").write_text("#!/bin/sh\n")
+    for fake in fakes.iterdir():
+        fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fakes}:{os.environ['PATH']}", "RUN_ID": "retrain-x", "NAMESPACE": "ml"}
+    env.update(DEADLINE_MINUTES="330", STATES=states, CODE=code, CALLS=str(tmp_path / "calls"))
+    done = subprocess.run(["bash", "-eo", "pipefail", "-c", steps["Wait for the Job to complete or fail"]["run"]],
+                          env=env, capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
+    assert done.returncode == returncode and says in done.stdout, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
