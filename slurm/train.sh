@@ -83,15 +83,17 @@ local_path() {
     fi
 }
 
-# Sets container_mounts and container_env for srun, exporting absolute local paths.
+# Sets container_dirs, container_mounts and container_env for srun, exporting absolute
+# local paths.
 container_options() {
     local name path mounts=() names=()
-    # What the job writes: created here (pyxis refuses a mount whose source is missing).
+    container_dirs=()
+    # What the job writes, mounted read-write.
     for name in FT_OUTPUT FT_CHECKPOINT_DIR FT_CACHE_DIR; do
         path=$(local_path "${!name:-}")
         if [[ -n ${path} ]]; then
-            mkdir -p "${path}"
             export "${name}=${path}"
+            container_dirs+=("${path}")
             mounts+=("${path}:${path}")
         fi
     done
@@ -126,6 +128,9 @@ container_options() {
 if [[ -n "${FTJOB_IMAGE}" ]]; then
     container_options
     echo "ftjob: in image ${FTJOB_IMAGE}, mounting ${container_mounts}" >&2
+    # pyxis refuses a mount whose source is missing, and the cache is on each node's disk.
+    srun --nodes="${SLURM_JOB_NUM_NODES:-1}" --ntasks="${SLURM_JOB_NUM_NODES:-1}" --ntasks-per-node=1 \
+        mkdir -p -- "${container_dirs[@]}"
     in_image=(--container-image="${FTJOB_IMAGE}" --container-mounts="${container_mounts}"
               --no-container-entrypoint)
     launcher=(srun --kill-on-bad-exit=1 --wait=60 "${in_image[@]}" --container-env="${container_env}" ftjob)
