@@ -91,9 +91,9 @@ k8s-render: ## render k8s/*.yaml for one run into build/k8s/ (RUN_ID=..., IMAGE=
 validate: install ## lint the Dockerfile, manifests (Kubernetes schema), sbatch and CI templates
 	$(VENV)/bin/hadolint docker/Dockerfile
 	$(VENV)/bin/kubernetes-validate --strict k8s/job.yaml k8s/multinode.yaml
-	$(VENV)/bin/actionlint k8s/ci/retrain.yml
-	$(VENV)/bin/shellcheck slurm/train.sh k8s/render.sh .ci/run
-	bash -n slurm/train.sh && bash -n k8s/render.sh
+	$(VENV)/bin/actionlint -shellcheck $(VENV)/bin/shellcheck k8s/ci/retrain.yml
+	$(VENV)/bin/shellcheck slurm/train.sh k8s/render.sh .ci/run tests/pyxis_srun/srun
+	for script in slurm/train.sh k8s/render.sh .ci/run tests/pyxis_srun/srun; do bash -n $$script || exit 1; done
 
 docs: install ## regenerate the README settings table from the Settings class
 	$(PY) -m job.settings_doc --write README.md
