@@ -3,7 +3,9 @@ and how the run would (the same error line, the same exit code), then reports wh
 run would do and about how long it would take, one event per finding:
 
     check.settings   the run: model, data, output, topology
-    check.output     FT_OUTPUT and FT_CHECKPOINT_DIR are writable (probed, nothing left)
+    check.output     FT_OUTPUT and FT_CHECKPOINT_DIR are writable (probed, nothing left), apart,
+                     and no live process owns the run id
+    check.resume     the checkpoint the run would resume from, made with this run's inputs
     check.model      the model folder, its tokenizer, the effective max length
     check.data       rows per split and where each split comes from
     check.tokens     the share of unknown tokens in a sample of training rows
@@ -15,7 +17,7 @@ run would do and about how long it would take, one event per finding:
                      FT_SEARCH_TRIALS, the search's at most)
     check.passed     the summary: warnings, estimated duration
 
-Warnings (the run would go ahead, but look): `check.already_complete`,
+Warnings (the run would go ahead, but look): `check.already_complete`, `check.stale_lease`,
 `check.unknown_tokens`, `check.label_imbalance`, `check.labels_missing`,
 `check.truncation`. They leave the exit code at 0.
 
