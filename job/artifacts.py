@@ -16,10 +16,12 @@ import numpy as np
 from job import metrics
 from job.labels import MULTI, REGRESSION, LabelSpec
 from job.prepare import PreparedData
+from job.redaction import redact_document
 from job.results import Prediction, TrainOutcome
 from job.settings import Settings, redacted
 
 METRICS = "metrics.json"
+CONFUSION = "confusion_matrix.json"  # beside metrics.json when the labels are too many to show it inline
 RUN_MANIFEST = "run_manifest.json"
 TEST_PREDICTIONS = "test_predictions.jsonl"
 TRAIN_LOG = "train_log.jsonl"  # one line per logging step and per evaluation
@@ -87,6 +89,18 @@ def metrics_document(outcome: TrainOutcome, prepared: PreparedData) -> dict[str,
     return document
 
 
+def move_out_large_matrices(document: dict[str, Any], folder: Path) -> None:
+    """A sparse confusion matrix (many labels) goes to its own compact file, one per split;
+    metrics.json keeps where it is, so it stays small and readable."""
+    for split in ("validation", "test"):
+        matrix = document.get(split, {}).get("confusion_matrix")
+        if not matrix or "cells" not in matrix:
+            continue
+        name = CONFUSION if split == "validation" else f"{split}_{CONFUSION}"
+        (folder / name).write_text(json.dumps(matrix, separators=(",", ":")) + "\n")
+        document[split]["confusion_matrix"] = {"file": name, "labels": len(matrix["labels"]), "format": "sparse"}
+
+
 def _headline(validation: dict[str, Any], outcome: TrainOutcome) -> float | None:
     value = validation.get(outcome.best_metric)
     return float(value) if isinstance(value, (int, float)) else None
@@ -129,7 +143,7 @@ def run_manifest(
     }
     if search is not None:  # the trials that chose this run's hyperparameters
         manifest["search"] = search
-    return manifest
+    return redact_document(manifest)
 
 
 def environment() -> dict[str, Any]:

@@ -3,6 +3,7 @@ the environment, and logging configured by them (secrets masked from the first l
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 from job.config import load_settings, secret_values
@@ -28,6 +29,21 @@ def start(env_file: Path | None = None, *, rank: int | None = None, warn_unknown
         for warning in warnings:
             log.warning("config.unknown_variable", detail=warning)
     return settings
+
+
+def hold_sigterm() -> None:
+    """A SIGTERM outside a command's own handling (before its handler is set, after it is
+    restored, while the process exits) is noted and changes nothing: the exit code stays
+    the command's (75 once a checkpoint is saved), not the default action's 143."""
+
+    seen = []
+
+    def noted(signum: int, frame: object) -> None:
+        if not seen:
+            seen.append(signum)
+            log.warning("run.stop_requested", signal="SIGTERM", effect="noted; the command is finishing")
+
+    signal.signal(signal.SIGTERM, noted)
 
 
 def route_libraries(settings: Settings) -> None:

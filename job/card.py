@@ -7,6 +7,7 @@ from typing import Any
 
 from job.charts import CONFUSION_MATRIX, PREDICTION_SCATTER, TRAINING_CURVES
 from job.labels import MULTI, REGRESSION
+from job.redaction import redact_text
 from job.settings import Settings
 from job.storage import classify
 from job.trackers import TENSORBOARD_DIR
@@ -19,6 +20,11 @@ _SHOWN_METRICS = {
 
 
 def render(settings: Settings, document: dict[str, Any], manifest: dict[str, Any], *, model_ref: str) -> str:
+    """The card's text, with the credentials of any URL in it masked."""
+    return redact_text(_render(settings, document, manifest, model_ref=model_ref))
+
+
+def _render(settings: Settings, document: dict[str, Any], manifest: dict[str, Any], *, model_ref: str) -> str:
     problem = document["problem_type"]
     data = manifest["data"]
     training = manifest["training"]

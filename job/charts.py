@@ -29,6 +29,7 @@ PREDICTION_SCATTER = "prediction_scatter.png"
 
 _DPI = 100
 _MAX_ANNOTATED_CLASSES = 30  # beyond this, counts in the cells are unreadable
+_MAX_CLASSES = 100  # beyond this, one cell is a pixel: the matrix says nothing a reader can use
 _MAX_LABEL_PANELS = 36  # multi-label: one small matrix per label, up to a 6 x 6 grid
 _MAX_NAME = 18  # characters of a label name shown on an axis
 
@@ -143,6 +144,9 @@ def _best(axis: Any, steps: list[int], values: list[float], *, lower_is_better: 
 def _confusion_matrix(validation: Prediction, spec: LabelSpec) -> Any:
     assert validation.labels is not None
     names = spec.names
+    if len(names) > _MAX_CLASSES:
+        log.info("charts.skipped", chart=CONFUSION_MATRIX, reason=f"{len(names)} labels, more than {_MAX_CLASSES}")
+        return None
     predicted = metrics.probabilities(validation.logits, spec).argmax(axis=-1)
     matrix = metrics.confusion_matrix(np.asarray(validation.labels), predicted, len(names))
     n = len(names)

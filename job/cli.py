@@ -62,6 +62,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(redacted(settings), indent=2))
         return int(ExitCode.OK)
 
+    # From here on a SIGTERM never ends the process with 143: the command's own handler takes
+    # it while the command runs, and this one, which only notes it, before and after.
+    bootstrap.hold_sigterm()
     module, name = COMMANDS[args.command]
     command = getattr(importlib.import_module(module), name)
     bootstrap.route_libraries(settings)
@@ -71,9 +74,20 @@ def run(argv: Sequence[str] | None = None) -> int:
         log.error(exc.event, error=exc.message, exit_code=int(exc.exit_code))
         return int(exc.exit_code)
     except KeyboardInterrupt:
-        log.error("run.interrupted", exit_code=int(ExitCode.INTERRUPTED))
+        log.error(
+            "run.interrupted",
+            error="interrupted (SIGINT); nothing new was published — run again with the same FT_RUN_ID to resume "
+            "from its last checkpoint",
+            exit_code=int(ExitCode.INTERRUPTED),
+        )
         return int(ExitCode.INTERRUPTED)
-    except Exception:
-        log.exception("run.crashed", exit_code=int(ExitCode.INTERNAL))
-        return int(ExitCode.INTERNAL)
+    except Exception as exc:
+        from job import faults
+
+        known = faults.explain(exc, settings)  # a fault of the disk or the input, not a bug
+        if known is None:
+            log.exception("run.crashed", exit_code=int(ExitCode.INTERNAL))
+            return int(ExitCode.INTERNAL)
+        log.error(known.event, error=known.message, exit_code=int(known.exit_code))
+        return int(known.exit_code)
     return int(ExitCode.OK)

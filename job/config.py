@@ -13,7 +13,8 @@ from pydantic import SecretStr, ValidationError
 
 from job import metrics
 from job.errors import ConfigError
-from job.settings import Settings, env_name, unknown_prefixed_variables
+from job.redaction import url_secrets
+from job.settings import ENV_PREFIX, Settings, env_name, unknown_prefixed_variables
 from job.storage.locations import checkpoint_location, output_location
 
 # Values of these variables are masked wherever they would be logged, and withheld from
@@ -24,10 +25,21 @@ SECRET_VARIABLES = ("HF_TOKEN", "FT_HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SE
 TRACKER_SECRET_VARIABLES = ("WANDB_API_KEY", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "DATABRICKS_TOKEN")
 
 
+# Variables whose value is a URL that may carry credentials (user-info, a token parameter).
+URL_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "HF_ENDPOINT", "MLFLOW_TRACKING_URI", "WANDB_BASE_URL")
+
+
 def secret_values(settings: Settings | None) -> list[str]:
+    """Values masked in every log line: tokens and keys, and the credentials inside every URL
+    a setting or a standard variable holds (also where a library quotes them without the URL)."""
     values = [os.environ.get(name, "") for name in (*SECRET_VARIABLES, *TRACKER_SECRET_VARIABLES)]
-    if settings is not None and settings.hf_token is not None:
-        values.append(settings.hf_token.get_secret_value())
+    urls = [os.environ.get(name, "") for name in URL_VARIABLES]
+    urls += [v for k, v in os.environ.items() if k.startswith(ENV_PREFIX) and "://" in v]
+    if settings is not None:
+        if settings.hf_token is not None:
+            values.append(settings.hf_token.get_secret_value())
+        urls += [v for v in (getattr(settings, name) for name in Settings.model_fields) if isinstance(v, str)]
+    values += [secret for url in urls for secret in url_secrets(url)]
     return [v for v in values if len(v) >= 6]
 
 

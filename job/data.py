@@ -14,8 +14,8 @@ from typing import Any
 import datasets
 from datasets import Dataset, DatasetDict
 
-from job import storage
-from job.errors import ConfigError, DataError
+from job import faults, storage
+from job.errors import ConfigError, DataError, JobError
 from job.files import sha256_of
 from job.logs import get_logger
 from job.settings import Settings
@@ -148,6 +148,7 @@ def _check_empty_share(dropped: int, total: int, split: str, settings: Settings)
 def _load(location: Location, settings: Settings) -> _Loaded:
     cache = str(settings.cache_dir / "datasets")
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
+    shown = location  # errors name the location as the user wrote it, not its mirror
     if location.kind == "s3":
         location = Location("local", str(storage.fetch(location, settings, data_only=True)), location.variable)
     files: dict[str, list[Path]] = {}
@@ -170,23 +171,39 @@ def _load(location: Location, settings: Settings) -> _Loaded:
     except (ConfigError, DataError):
         raise
     except Exception as exc:  # datasets raises many unrelated types for unreadable input
-        chain = _causes(exc)
-        decode = next((c for c in chain if isinstance(c, UnicodeDecodeError)), None)
-        if decode is not None:
-            raise DataError(
-                f"dataset {location} is not UTF-8 text ({decode.reason} at byte {decode.start}); "
-                "re-encode the files as UTF-8"
-            ) from None
-        # datasets wraps reader errors in a generic one; the first cause says what broke.
-        cause = chain[1] if len(chain) > 1 else exc
-        raise DataError(f"could not load dataset {location}: {_first_line(cause)}; {_hint(location)}") from None
+        raise _load_failure(exc, shown, files, settings) from None
     if not isinstance(loaded, DatasetDict):
-        raise DataError(f"dataset {location} did not load as named splits; set FT_DATA_FILES")
+        raise DataError(f"dataset {shown} did not load as named splits; set FT_DATA_FILES")
     root = location.path if location.kind == "local" else None
     record = {split: [_file_record(p, root) for p in paths] for split, paths in files.items()}
     if record:
         log.info("data.files", source=str(location), **{split: [f["path"] for f in fs] for split, fs in record.items()})
     return _Loaded(loaded, record)
+
+
+def _load_failure(exc: Exception, shown: Location, files: dict[str, list[Path]], settings: Settings) -> JobError:
+    """The error line for a dataset that would not load: a fault of the disk or a file that
+    does not decode or parse (job.faults), a split with no rows, or what datasets said."""
+    known = faults.explain(exc, settings)
+    if known is not None:
+        return known
+    chain = faults.chain(exc)
+    empty = next((re.search(r'Instruction "([^"]+)" corresponds to no data', str(c)) for c in chain), None)
+    if empty is not None:
+        split = empty.group(1)
+        names = ", ".join(faults.shown_path(str(p), settings) for p in files.get(split, [])) or "its files"
+        return DataError(
+            f"FT_DATASET={shown}: split '{split}' has no rows: {names} has no rows (a header at most); add rows, "
+            "or leave the empty file out"
+        )
+    named = faults.unparseable(settings)  # the file that breaks the loader, whatever it said
+    if named is not None:
+        return named
+    # datasets wraps reader errors in a generic one; the first cause says what broke.
+    cause = chain[1] if len(chain) > 1 else exc
+    return DataError(
+        f"could not load dataset {shown}: {faults.shown_text(_first_line(cause), settings)}; {_hint(shown)}"
+    )
 
 
 def _split_files(path: Path, settings: Settings) -> dict[str, list[Path]]:
@@ -300,6 +317,16 @@ def _require_columns(dataset: Dataset, split: str, settings: Settings, *, label_
                 f"column '{column}' is not in split '{split}' (columns: {', '.join(dataset.column_names)}); "
                 f"set {variable}"
             )
+    for variable in ("FT_TEXT_COLUMN", "FT_TEXT_PAIR_COLUMN"):
+        column = wanted.get(variable)
+        feature = dataset.features.get(column) if column else None
+        dtype = getattr(feature, "dtype", None)
+        if feature is not None and dtype not in ("string", "large_string", "null"):
+            kind = "numbers" if dtype and dtype.startswith(("int", "uint", "float", "bool")) else str(dtype or feature)
+            raise DataError(
+                f"column '{column}' of split '{split}' holds {kind}, not text ({dtype or type(feature).__name__}); "
+                f"set {variable} to the column with the text"
+            )
 
 
 def _keep_used_columns(dataset: Dataset, settings: Settings) -> Dataset:
@@ -318,14 +345,6 @@ def _drop_empty_texts(dataset: Dataset, settings: Settings) -> tuple[Dataset, in
 
     kept = dataset.filter(has_text, batched=True)
     return kept, len(dataset) - len(kept)
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """The exception and what raised it, outermost first."""
-    chain = [exc]
-    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
-        chain.append(nxt)
-    return chain
 
 
 def _first_line(exc: BaseException) -> str:

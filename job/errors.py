@@ -6,6 +6,8 @@ podFailurePolicy fails fast on configuration and data errors, retries on others)
 
 from __future__ import annotations
 
+import errno
+import os
 from enum import IntEnum
 
 
@@ -81,6 +83,32 @@ class NotPromoted(JobError):
 
     exit_code = ExitCode.NOT_PROMOTED
     event = "run.not_promoted"
+
+
+# A filesystem fault's errno -> what happened, and the fix ({variable}: the setting to change).
+_FILESYSTEM = {
+    errno.ENOSPC: ("no space left on the device", "free space there or point {variable} at a larger disk"),
+    errno.EDQUOT: ("the disk quota is used up", "free space there or point {variable} at a folder with quota left"),
+    errno.EACCES: ("permission denied", "let this user (uid {uid}) write there or point {variable} elsewhere"),
+    errno.EPERM: ("operation not permitted (an immutable or protected folder?)", "point {variable} elsewhere"),
+    errno.EROFS: ("the filesystem is read-only", "mount it writable or point {variable} at a writable folder"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "remove that file or point {variable} elsewhere"),
+    errno.EEXIST: ("a file is where a folder should be", "remove that file or point {variable} elsewhere"),
+    errno.EISDIR: ("a folder is where a file should be", "remove that folder or point {variable} elsewhere"),
+    errno.ENOENT: ("a folder on the path does not exist (removed while the job ran?)", "check {variable}"),
+    errno.EIO: ("the device reported an input/output error", "check the disk behind {variable}"),
+    errno.ENAMETOOLONG: ("the path is too long", "point {variable} at a shorter path"),
+    errno.EMFILE: ("too many open files", "raise the open-files limit (ulimit -n)"),
+}
+FILESYSTEM_FAULTS = frozenset(_FILESYSTEM)
+
+
+def filesystem_error(variable: str, location: str, code: int, *, path: str | None = None) -> StorageError:
+    """One line for a filesystem fault at a setting's location: the setting, the location
+    as the user wrote it, the file it happened to (when that says more), what and the fix."""
+    what, fix = _FILESYSTEM.get(code, (os.strerror(code).lower(), "check {variable}"))
+    at = f" ({path})" if path and path.rstrip("/") != location.rstrip("/") else ""
+    return StorageError(f"{variable}={location}: {what}{at}; {fix.format(variable=variable, uid=os.getuid())}")
 
 
 def error_for_code(code: int, message: str) -> JobError:

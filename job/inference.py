@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 
 from job import device
-from job.errors import TrainingError
+from job.errors import Preempted, TrainingError
 from job.logs import get_logger
 from job.tokenization import LENGTH
 
@@ -41,8 +42,10 @@ def score(
     batch_size: int,
     precision: str,
     workers: int,
+    stop: Callable[[], bool] = lambda: False,
 ) -> Scored:
-    """Logits for every row of `dataset` (tokenized, with a length column)."""
+    """Logits for every row of `dataset` (tokenized, with a length column). `stop` is asked
+    between batches: a stop request ends the scoring with Preempted (nothing is published)."""
     target = device.device()
     cuda = target.type == "cuda"
     lengths = np.asarray(dataset[LENGTH], dtype=np.int64)
@@ -70,6 +73,11 @@ def score(
     try:
         with torch.inference_mode(), autocast:
             for padded in loader:
+                if stop():
+                    raise Preempted(
+                        f"stopped on request after scoring {rows_done} of {len(order)} rows; nothing was published — "
+                        "run again with the same FT_RUN_ID"
+                    )
                 batch = {k: v.to(target, non_blocking=True) for k, v in padded.items()}
                 outputs.append(model(**batch).logits.float())  # stays on the device: no sync per batch
                 processed += int(batch["input_ids"].numel())

@@ -76,6 +76,10 @@ def build_spec(train: Dataset, settings: Settings) -> LabelSpec:
                 elif (name := to_name(value)) is not None:
                     seen.add(name)
             names = tuple(_sorted_names(seen))
+    if len(names) < 2 and problem_type == SINGLE and settings.labels:
+        raise ConfigError(
+            f"FT_LABELS={','.join(settings.labels)} lists {len(names)} label; classification needs at least two"
+        )
     if len(names) < 2 and problem_type == SINGLE:
         raise DataError(
             f"split '{settings.train_split}' has {len(names)} label value(s) in column "

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import structlog
 import structlog.tracebacks
 
+from job.redaction import MASK, redact_text
+
 LogFormat = Literal["auto", "json", "console"]
 
 
@@ -39,16 +41,17 @@ def use_json(log_format: LogFormat) -> bool:
 
 
 class _Scrub:
-    """Masks secret values in the rendered line, wherever they hide (messages,
-    tracebacks, URLs in library errors)."""
+    """Masks secret values in the rendered line, wherever they hide (messages, tracebacks,
+    URLs in library errors), and the credentials inside every URL in it."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def __call__(self, _logger: Any, _name: str, rendered: Any) -> Any:
         if isinstance(rendered, str):
+            rendered = redact_text(rendered)
             for secret in self.secrets:
-                rendered = rendered.replace(secret, "**********")
+                rendered = rendered.replace(secret, MASK)
         return rendered
 
 

@@ -153,6 +153,7 @@ def _write_results(trained: _Trained, staging: Path, phases: Phases) -> dict[str
     """metrics.json, test predictions, charts and the search trials beside the saved model."""
     prepared, outcome = trained.inputs.prepared, trained.outcome
     document = artifacts.metrics_document(outcome, prepared)
+    artifacts.move_out_large_matrices(document, staging)
     write_json(staging / artifacts.METRICS, document)
     if outcome.test is not None:
         artifacts.write_predictions(staging / artifacts.TEST_PREDICTIONS, outcome.test, prepared.labels)

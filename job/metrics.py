@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from job.labels import LabelSpec
 
 THRESHOLD = 0.5  # multi-label: a label is predicted when its probability exceeds this
+INLINE_CONFUSION_LABELS = 50  # a dense matrix of up to 2,500 cells stays readable inside metrics.json
 
 CATALOGUE: dict[str, tuple[str, ...]] = {
     SINGLE: (
@@ -123,9 +124,20 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray, names: t
     else:
         out.update(f1=out["f1_macro"], precision=out["precision_macro"], recall=out["recall_macro"])
     out["per_class"] = _per_class(names, precision, recall, f1, support)
-    out["confusion_matrix"] = {"labels": list(names), "matrix": matrix.tolist()}
+    out["confusion_matrix"] = confusion_record(matrix, names)
     out["rows"] = int(total)
     return out
+
+
+def confusion_record(matrix: np.ndarray, names: tuple[str, ...]) -> dict[str, Any]:
+    """The confusion matrix as a document: dense up to INLINE_CONFUSION_LABELS labels; beyond,
+    only its non-zero cells, `[true id, predicted id, rows]`, at most one per scored row, so
+    its size grows with the rows, not with the square of the labels."""
+    if len(names) <= INLINE_CONFUSION_LABELS:
+        return {"labels": list(names), "matrix": matrix.tolist()}
+    true, predicted = np.nonzero(matrix)
+    cells = [[int(t), int(p), int(matrix[t, p])] for t, p in zip(true, predicted, strict=True)]
+    return {"labels": list(names), "cells": cells}
 
 
 def multi_label_metrics(predicted: np.ndarray, actual: np.ndarray, names: tuple[str, ...]) -> dict[str, Any]:

@@ -43,9 +43,9 @@ def resolve_model(settings: Settings) -> Path:
     """
     location = classify(settings.model, "FT_MODEL", what="model")
     if location.kind == "s3":
-        return storage.fetch(location, settings, data_only=False)
+        return _model_folder(storage.fetch(location, settings, data_only=False), settings)
     if location.kind == "local":
-        return location.path
+        return _model_folder(location.path, settings)
     from huggingface_hub import snapshot_download
 
     patterns = list(_MODEL_FILES)
@@ -65,6 +65,21 @@ def resolve_model(settings: Settings) -> Path:
         )
     except Exception as exc:
         raise ConfigError(_load_failure(settings, "files", exc)) from None
+
+
+def _model_folder(path: Path, settings: Settings) -> Path:
+    """A folder saved with save_pretrained: a file, or a folder without config.json, is not one."""
+    if path.is_file():
+        raise ConfigError(
+            f"FT_MODEL='{settings.model}' is a file; point FT_MODEL at the model's folder (config.json, weights, "
+            "tokenizer files) or at a Hub model id"
+        )
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"FT_MODEL='{settings.model}' has no config.json; point FT_MODEL at a folder saved with save_pretrained "
+            "(config.json, weights, tokenizer files) or at a Hub model id"
+        )
+    return path
 
 
 def _options(settings: Settings) -> dict[str, Any]:

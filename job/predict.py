@@ -22,7 +22,9 @@ from job.errors import DataError
 from job.files import write_json
 from job.labels import LABELS, LabelSpec
 from job.logs import get_logger
+from job.preemption import StopRequest
 from job.prepare import transient_cache
+from job.redaction import redact_document
 from job.results import Prediction
 from job.scaffold import Phases
 from job.settings import Settings, redacted
@@ -43,11 +45,13 @@ def predict(settings: Settings) -> dict[str, Any]:
     phases = Phases()
     output = scaffold.writable_output(settings)  # before downloading a model and scoring, not after
     work = Workspace.of(settings)
-    with scaffold.owned(settings, work, checkpoints.locate(settings, work.checkpoint_mirror)):
-        return _predict(settings, output, work, phases)
+    stop = StopRequest(work.stop_file)
+    with stop.installed(), scaffold.owned(settings, work, checkpoints.locate(settings, work.checkpoint_mirror)):
+        stop.clear()
+        return _predict(settings, output, work, phases, stop)
 
 
-def _predict(settings: Settings, output: Output, work: Workspace, phases: Phases) -> dict[str, Any]:
+def _predict(settings: Settings, output: Output, work: Workspace, phases: Phases, stop: StopRequest) -> dict[str, Any]:
     done = scaffold.already_complete(output)
     if done is not None:
         return done
@@ -92,7 +96,13 @@ def _predict(settings: Settings, output: Output, work: Workspace, phases: Phases
     log.info("predict.scoring", rows=len(tokenized), split=split, batch_size=batch_size, precision=precision)
     with phases.phase("predict"):
         result = inference.score(
-            tokenized, model, tokenizer, batch_size=batch_size, precision=precision, workers=workers
+            tokenized,
+            model,
+            tokenizer,
+            batch_size=batch_size,
+            precision=precision,
+            workers=workers,
+            stop=lambda: stop.requested,
         )
     prediction = Prediction(
         logits=result.logits,
@@ -132,7 +142,7 @@ def _predict(settings: Settings, output: Output, work: Workspace, phases: Phases
         "environment": artifacts.environment(),
         "files": [PREDICTIONS, PREDICT_MANIFEST],
     }
-    write_json(staging / PREDICT_MANIFEST, manifest)
+    write_json(staging / PREDICT_MANIFEST, redact_document(manifest))
 
     location = scaffold.publish(output, staging, message=f"{written} predictions by {settings.model}", phases=phases)
     shutil.rmtree(staging, ignore_errors=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,9 @@ class StopRequest:
 
     def __init__(self, stop_file: Path) -> None:
         self.stop_file = stop_file
-        self._event = threading.Event()
+        # A plain flag, not a threading.Event: a second signal that lands while the handler
+        # holds the Event's lock would deadlock the process (handlers run in the main thread).
+        self._signalled = False
 
     def install(self) -> None:
         """Take over SIGTERM (main thread only); the default action would kill the run unsaved."""
@@ -46,9 +47,10 @@ class StopRequest:
         self.stop_file.unlink(missing_ok=True)
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        if not self._event.is_set():
-            log.warning("run.stop_requested", signal=signal.Signals(signum).name, effect="checkpoint, then exit 75")
-        self._event.set()
+        if self._signalled:
+            return  # the first one is being acted on; more change nothing
+        self._signalled = True
+        log.warning("run.stop_requested", signal=signal.Signals(signum).name, effect="checkpoint, then exit 75")
         try:
             self.stop_file.parent.mkdir(parents=True, exist_ok=True)
             self.stop_file.touch()
@@ -57,4 +59,4 @@ class StopRequest:
 
     @property
     def requested(self) -> bool:
-        return self._event.is_set() or self.stop_file.exists()
+        return self._signalled or self.stop_file.exists()

@@ -102,6 +102,7 @@ def _build(
     spec = labels.build_spec(raw.train, settings)
     train = labels.encode(raw.train, spec, settings, split=raw.names["train"], required=True)
     assert train is not None  # required=True raises instead
+    _check_classes(train, spec, raw.names["train"], settings, cause="labels")
     if raw.eval is not None:
         validation = labels.encode(raw.eval, spec, settings, split=raw.names["eval"], required=True)
         assert validation is not None
@@ -114,7 +115,9 @@ def _build(
         encoded = labels.encode(raw.test, spec, settings, split=raw.names["test"], required=False)
         test_scored = encoded is not None
         test = encoded if encoded is not None else _without(raw.test, settings.label_column)
-    _check_classes(train, spec, raw.names["train"])
+    if raw.eval is None:  # what holding out the validation rows left to train on
+        _check_classes(train, spec, raw.names["train"], settings, cause="hold-out")
+    _unused_labels(train, spec)
 
     train = _cap(train, settings.max_train_samples, settings.seed)
     validation = _cap(validation, settings.max_eval_samples, settings.seed)
@@ -168,17 +171,35 @@ def _carve(train: Dataset, spec: LabelSpec, settings: Settings) -> tuple[Dataset
     return parts["train"], parts["test"]
 
 
-def _check_classes(train: Dataset, spec: LabelSpec, split: str) -> None:
+def _check_classes(train: Dataset, spec: LabelSpec, split: str, settings: Settings, *, cause: str) -> None:
+    """Classification needs rows of two labels to train on; the error names what took them:
+    FT_LABELS, which dropped the other labels' rows, or the validation rows held out."""
     if spec.problem_type != SINGLE:
         return
     counts = labels.class_counts(train, spec)
     present = [name for name, n in counts.items() if n]
-    if len(present) < 2:
+    if len(present) >= 2:
+        return
+    found = f"{len(present)} label with rows ({', '.join(present) or 'none'})"
+    if cause == "labels" and settings.labels:
+        absent = [name for name, n in counts.items() if not n]
         raise DataError(
-            f"split '{split}' has only {len(present)} label value(s) ({', '.join(present) or 'none'}) "
-            "after filtering; classification needs at least two"
+            f"FT_LABELS={','.join(settings.labels)} leaves split '{split}' {found}: no row has "
+            f"{', '.join(absent)}; list labels the data has in FT_LABELS (classification needs two)"
         )
-    missing = [name for name, n in counts.items() if not n]
+    if cause == "hold-out":
+        raise DataError(
+            f"split '{split}' has too few rows to hold out FT_VALIDATION_FRACTION="
+            f"{settings.validation_fraction:g} for validation: {len(train)} row(s) with {found} are left to "
+            "train on; add rows, or give a validation split (FT_EVAL_SPLIT)"
+        )
+    raise DataError(f"split '{split}' has {found}; classification needs at least two")
+
+
+def _unused_labels(train: Dataset, spec: LabelSpec) -> None:
+    if spec.problem_type != SINGLE:
+        return
+    missing = [name for name, n in labels.class_counts(train, spec).items() if not n]
     if missing:
         log.warning("labels.unused", labels=missing, effect="never seen in training; never predicted well")
 

@@ -21,7 +21,7 @@ from job.logs import get_logger
 from job.ownership import Lease
 from job.prepare import PreparedData, prepare
 from job.settings import Settings
-from job.storage import Output, check_apart, open_output
+from job.storage import Output, check_apart, check_cache, open_output
 from job.topology import Topology
 from job.workspace import Workspace
 
@@ -53,6 +53,7 @@ class Phases:
 def writable_output(settings: Settings, *, dry_run: bool = False) -> Output:
     """FT_OUTPUT, checked writable before anything is downloaded or trained (a dry run leaves nothing there)."""
     check_apart(settings)
+    check_cache(settings)
     output = open_output(settings)
     output.check_writable(dry_run=dry_run)
     return output
@@ -98,6 +99,7 @@ def preflight(
     trackers.check_available(settings)
     search.check_supported(settings, topology)
     check_apart(settings)
+    check_cache(settings)
     output = open_output(settings)
     saved = checkpoints.locate(settings, work.checkpoint_mirror)
     if topology.is_main_node:

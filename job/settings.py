@@ -656,14 +656,19 @@ def env_name(field_name: str) -> str:
 
 
 def redacted(settings: Settings) -> dict[str, Any]:
-    """Settings keyed by environment variable, secrets masked; safe to log or publish."""
+    """Settings keyed by environment variable, secrets masked (tokens, and credentials inside
+    URLs); safe to log or publish."""
+    from job.redaction import MASK, redact_url
+
     out: dict[str, Any] = {}
     for name in Settings.model_fields:
         value = getattr(settings, name)
         if isinstance(value, SecretStr):
-            value = "**********" if value.get_secret_value() else ""
+            value = MASK if value.get_secret_value() else ""
         elif isinstance(value, Path):
             value = str(value)
+        elif isinstance(value, str):
+            value = redact_url(value)
         out[env_name(name)] = value
     return out
 

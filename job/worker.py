@@ -35,6 +35,7 @@ def run(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     work = Workspace(args.work)
     log = get_logger("job.worker")
+    settings = None
     try:
         settings = bootstrap.start(rank=rank, warn_unknown=False)  # the launcher warned already
         bootstrap.route_libraries(settings)
@@ -65,6 +66,15 @@ def run(argv: list[str] | None = None) -> int:
         report_failure(work.failures, rank=rank, code=int(exc.exit_code), event=exc.event, message=exc.message)
         return int(exc.exit_code)
     except Exception as exc:
+        from job import faults
+
+        known = faults.explain(exc, settings) if settings is not None else None  # a fault of the disk, not a bug
+        if known is not None:
+            log.error(known.event, error=known.message, exit_code=int(known.exit_code))
+            report_failure(
+                work.failures, rank=rank, code=int(known.exit_code), event=known.event, message=known.message
+            )
+            return int(known.exit_code)
         log.exception("worker.crashed", exit_code=int(ExitCode.INTERNAL))
         message = f"{type(exc).__name__}: {exc}"
         report_failure(work.failures, rank=rank, code=int(ExitCode.INTERNAL), event="worker.crashed", message=message)

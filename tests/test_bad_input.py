@@ -116,7 +116,7 @@ CASES: dict[str, tuple[Setup, int, str]] = {
         DATA,
         r"split 'validation' has label\(s\) not seen in training: '7'; add them",
     ),
-    "non_utf8_file": (non_utf8, DATA, r"is not UTF-8 text .*; re-encode the files as UTF-8"),
+    "non_utf8_file": (non_utf8, DATA, r"is not UTF-8 text .*; re-encode the file as UTF-8"),
     "no_data_files": (
         lambda tmp, model: {"FT_DATASET": str(Path(tmp / "empty").mkdir() or tmp / "empty")},
         DATA,
@@ -135,7 +135,8 @@ CASES: dict[str, tuple[Setup, int, str]] = {
     "checkpoint_dir_not_writable": (
         lambda tmp, model: {"FT_CHECKPOINT_DIR": str(Path(tmp / "ro").write_text("") or tmp / "ro" / "sub")},
         STORAGE,
-        r"FT_CHECKPOINT_DIR: cannot create .*/ro/sub/bad \(Not a directory\); choose a writable directory",
+        r"FT_CHECKPOINT_DIR=.*/ro/sub/bad: a part of the path is a file, not a folder; remove that file or point "
+        r"FT_CHECKPOINT_DIR elsewhere",
     ),
     "no_credentials": (
         s3_case({"FT_OUTPUT": "s3://some-bucket/runs", "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}),

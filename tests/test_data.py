@@ -203,7 +203,7 @@ def test_non_utf8_file_is_a_data_error(make_settings, tmp_path: Path, tiny_model
     path.write_bytes(b"text,label\n" + "café crème,1\n".encode("latin-1") * 20 + b"bad,0\n" * 20)
     expect(
         DataError,
-        r"latin1.csv is not UTF-8 text \(invalid continuation byte at byte 3\); re-encode the files as UTF-8",
+        r"latin1.csv is not UTF-8 text \(line 2: invalid continuation byte\); re-encode the file as UTF-8",
         make_settings(dataset=str(path)),
         tiny_model,
     )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ft_env, run_cli, write
 
 from job import metrics
 from job.labels import MULTI, REGRESSION, SINGLE, LabelSpec
@@ -84,3 +87,28 @@ def test_report_picks_the_right_family() -> None:
     out = metrics.report(np.array([[3.0, -3.0]]), np.array([[1.0, 0.0]]), spec)
     assert out["subset_accuracy"] == 1.0
     assert set(metrics.scalars(np.array([[3.0, -3.0]]), np.array([[1.0, 0.0]]), spec)) >= {"f1_micro", "f1_macro"}
+
+
+@pytest.mark.slow
+def test_metrics_json_grows_with_the_labels_not_their_square(tmp_path: Path, tiny_model: Path) -> None:
+    """3,000 labels: per-class scores stay in metrics.json, the confusion matrix's non-zero
+    cells (at most one per validation row) go to their own compact file."""
+    labels = [f"topic-{i}" for i in range(3000)]
+    folder = tmp_path / "data"
+    write(folder / "train.jsonl", [{"text": f"the film {i % 7}", "label": name} for i, name in enumerate(labels)])
+    write(folder / "validation.jsonl", [{"text": f"a story {i % 5}", "label": name} for i, name in enumerate(labels)])
+    env = ft_env(tmp_path, tiny_model, folder, FT_RUN_ID="many", FT_EPOCHS="1", FT_BATCH_SIZE="64")
+    result, events = run_cli(env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    run = tmp_path / "outputs" / "many"
+    document = json.loads((run / "metrics.json").read_text())
+    assert (run / "metrics.json").stat().st_size < 1_000_000  # 117 MB before: an indented 3,000 x 3,000 matrix
+    assert len(document["validation"]["per_class"]) == 3000
+    assert document["validation"]["confusion_matrix"] == {
+        "file": "confusion_matrix.json",
+        "labels": 3000,
+        "format": "sparse",
+    }
+    matrix = json.loads((run / "confusion_matrix.json").read_text())
+    assert matrix["labels"] == sorted(labels) and sum(n for _, _, n in matrix["cells"]) == 3000 >= len(matrix["cells"])
+    assert any(e["event"] == "charts.skipped" for e in events) and not (run / "confusion_matrix.png").exists()

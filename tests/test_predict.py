@@ -248,7 +248,7 @@ BAD = {
     "output_not_writable": (
         output_not_writable,
         STORAGE,
-        r"FT_OUTPUT: cannot create .*/file/predictions \(Not a directory\)",
+        r"FT_OUTPUT=.*/file/predictions: a part of the path is a file, not a folder",
     ),
 }
 

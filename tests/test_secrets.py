@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ft_env, rows, write
+from conftest import clean_environ, ft_env, rows, write
 from s3_helpers import objects
 
 from job import cli
@@ -76,3 +76,38 @@ def test_a_crash_whose_message_carries_the_token_is_masked(
     out = capsys.readouterr().out
     assert "run.crashed" in out and "401 for https://user:" in out
     assert HF_SECRET not in out and AWS_SECRET not in out
+
+
+URL_PASSWORD = "PlantedUrlPassword0123"
+URL_SIGNATURE = "PlantedSignature0123456789abcdef"
+
+
+@pytest.mark.slow
+def test_credentials_inside_a_url_setting_appear_in_no_log_file_or_error(tmp_path: Path, tiny_model: Path) -> None:
+    url = f"http://ftjob:{URL_PASSWORD}@127.0.0.1:9/?X-Amz-Signature={URL_SIGNATURE}&region=eu"
+    data = write(tmp_path / "d" / "train.jsonl", rows("binary", 80)).parent
+    env = {**clean_environ(), **ft_env(tmp_path, tiny_model, data, FT_RUN_ID="url-run", FT_EPOCHS="1")}
+    env.update(FT_S3_ENDPOINT_URL=url, FT_LOG_LEVEL="debug", AWS_ACCESS_KEY_ID="a", AWS_SECRET_ACCESS_KEY="b")
+
+    def job(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "job", *args], env={**env, **extra}, cwd=tmp_path, capture_output=True, text=True,
+            check=False, timeout=300,
+        )  # fmt: skip
+
+    published = job()  # local output: the endpoint is a setting, recorded but not used
+    assert published.returncode == 0, published.stdout[-2000:]
+    shown = job("--print-config")
+    failed = job(FT_OUTPUT="s3://some-bucket/runs", FT_RUN_ID="url-fails", FT_S3_MAX_ATTEMPTS="1")
+    assert failed.returncode == ExitCode.STORAGE
+    error = next(json.loads(line) for line in failed.stdout.splitlines() if '"storage.failed"' in line)
+    assert error["error"].startswith("FT_OUTPUT=s3://some-bucket/runs/url-fails/: ")
+    assert "http://ftjob:**********@127.0.0.1:9/?X-Amz-Signature=**********&region=eu" in error["error"]
+
+    texts = [r.stdout + r.stderr for r in (published, shown, failed)]
+    texts += [p.read_bytes().decode("latin-1") for p in every_file(tmp_path) if p.suffix != ".safetensors"]
+    assert not any(URL_PASSWORD in text or URL_SIGNATURE in text for text in texts)
+    masked = "http://ftjob:**********@127.0.0.1:9/?X-Amz-Signature=**********&region=eu"
+    assert json.loads(shown.stdout)["FT_S3_ENDPOINT_URL"] == masked
+    manifest = json.loads((tmp_path / "outputs" / "url-run" / "run_manifest.json").read_text())
+    assert manifest["settings"]["FT_S3_ENDPOINT_URL"] == masked

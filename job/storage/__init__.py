@@ -35,6 +35,7 @@ __all__ = [
     "Location",
     "Output",
     "check_apart",
+    "check_cache",
     "checkpoint_location",
     "classify",
     "completion_manifest",
@@ -59,6 +60,14 @@ def open_folder(location: Location, settings: Settings) -> Folder:
     from job.storage.local import LocalFolder
 
     return LocalFolder(location.path, location.variable)
+
+
+def check_cache(settings: Settings) -> None:
+    """FT_CACHE_DIR, which every command writes first (downloads, prepared data, the run's
+    scratch folder): a fault there is named as FT_CACHE_DIR's, not as a setting below it."""
+    from job.storage.local import ensure_writable_dir
+
+    ensure_writable_dir(settings.cache_dir.expanduser(), "FT_CACHE_DIR")
 
 
 def open_output(settings: Settings) -> Output:

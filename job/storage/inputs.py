@@ -37,6 +37,14 @@ def fetch(location: Location, settings: Settings, *, data_only: bool) -> Path:
         mirror_of = S3Folder(f"s3://{location.bucket}/{key}", settings, location.variable, shown_as=location.ref)
         inside = f"{leaf}/" if leaf else ""
         objects = {n[len(inside) :]: e for n, e in listed.items() if n.startswith(inside)}
+    folders = {n.rpartition("/")[0] for n in objects}
+    clash = sorted(n for n in objects if n in folders or any(f.startswith(f"{n}/") for f in folders))
+    if clash:
+        other = next(o for o in objects if o.startswith(f"{clash[0]}/"))
+        raise StorageError(
+            f"{where}: objects '{clash[0]}' and '{other}' clash: a key that is also a folder of other keys cannot be "
+            "mirrored to files; rename or remove one of them"
+        )
     if data_only:
         objects = {n: e for n, e in objects.items() if data_format_of(n)}
     if not objects:

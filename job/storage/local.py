@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -10,7 +11,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from job.errors import StorageError
+from job.errors import StorageError, filesystem_error
 from job.storage.folder import COMPLETE, Entry
 
 
@@ -49,8 +50,8 @@ class LocalFolder:
         target = self.root / name
         target.parent.mkdir(parents=True, exist_ok=True)
         scratch = target.with_name(f".{target.name}.{os.getpid()}.partial")
-        scratch.write_bytes(body)
         try:
+            scratch.write_bytes(body)
             os.link(scratch, target)  # fails if the target exists, also over NFS
         except FileExistsError:
             return False
@@ -95,7 +96,11 @@ class LocalFolder:
         try:
             source.rename(self.root)
         except OSError:  # another filesystem: copy, then drop the source
-            shutil.copytree(source, self.root)
+            try:
+                shutil.copytree(source, self.root)
+            except (OSError, shutil.Error):
+                shutil.rmtree(self.root, ignore_errors=True)  # no partial run folder stays behind
+                raise
             shutil.rmtree(source)
         _make_readable(self.root)
         arrived = self.list()
@@ -129,21 +134,23 @@ class LocalFolder:
 
 
 def ensure_writable_dir(path: Path, variable: str, *, keep: bool = True) -> None:
-    """Create `path` if needed and check this user may write there; StorageError naming `variable` if not.
+    """Create `path` if needed and write a probe file there; StorageError naming `variable`,
+    the folder and the fix if either fails (read-only, immutable, full, a file in the way).
 
-    Creating the folders is the only honest test of the permission; unless `keep`, the
-    ones it created are removed again.
+    Creating and writing are the only honest test (permission bits say nothing to root on a
+    read-only mount); unless `keep`, the folders it created are removed again.
     """
     created = [] if keep else [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     try:
+        if path.exists() and not path.is_dir():
+            raise filesystem_error(variable, str(path), errno.EEXIST)
         try:
             path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".ftjob-write-check-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
         except OSError as exc:
-            raise StorageError(
-                f"{variable}: cannot create {path} ({exc.strerror}); choose a writable directory"
-            ) from None
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise StorageError(f"{variable}: {path} is not writable by this user; choose a writable directory")
+            raise filesystem_error(variable, str(path), exc.errno or errno.EIO) from None
     finally:
         for folder in created:
             with contextlib.suppress(OSError):  # not empty: someone else wrote there meanwhile

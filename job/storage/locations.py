@@ -95,6 +95,8 @@ def output_location(settings: Settings) -> Location:
     scheme, sep, rest = value.partition("://")
     scheme = scheme.lower() if sep else ""
     if scheme in ("", "file"):
+        if sep and not rest.strip():
+            raise ConfigError(f"FT_OUTPUT='{value}' names no folder; give a path, e.g. file:///data/runs or /data/runs")
         return Location("local", str(Path(rest if sep else value).expanduser()), "FT_OUTPUT")
     if scheme == "s3":
         return _s3(value, "FT_OUTPUT")
@@ -123,6 +125,8 @@ def checkpoint_location(settings: Settings) -> Location:
             f"FT_CHECKPOINT_DIR='{value}' uses the unsupported scheme '{scheme.lower()}://'; "
             "use a local or shared path, or s3://bucket/prefix"
         )
+    if sep and not rest.strip():
+        raise ConfigError(f"FT_CHECKPOINT_DIR='{value}' names no folder; give a path, e.g. /data/checkpoints")
     return Location("local", str(Path(rest if sep else value).expanduser()), "FT_CHECKPOINT_DIR")
 
 

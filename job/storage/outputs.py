@@ -76,7 +76,14 @@ class FolderOutput:
         mark = time.monotonic()
         self.run.put_tree(staging, [f["path"] for f in files])
         moving = time.monotonic() - mark
-        if not self.run.create(COMPLETE, to_json(completion_manifest(files, message=message))):
+        try:
+            created = self.run.create(COMPLETE, to_json(completion_manifest(files, message=message)))
+        except BaseException:
+            # Files without their marker are a run nobody can trust: withdraw them (they are this
+            # process's own upload, under its lease) rather than leave a partial run behind.
+            self.run.delete_all()
+            raise
+        if not created:
             raise StorageError(
                 f"{self.run.variable}={self.location}: another process completed this run id while this one published; "
                 "its result stands, and this one's files may be mixed in — check the run, or publish under a new "
