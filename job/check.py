@@ -35,7 +35,8 @@ import numpy as np
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from job import data, device, estimate, labels, resume, scaffold, training
+from job import class_weights, data, device, estimate, labels, resume, scaffold, training
+from job.class_weights import IMBALANCE_RATIO
 from job.data import INDEX
 from job.labels import LABELS, REGRESSION
 from job.logs import get_logger
@@ -45,9 +46,6 @@ from job.tokenization import LENGTH
 from job.topology import discover
 from job.workspace import Workspace
 
-# Largest class over smallest (training rows) from which the imbalance is worth a warning:
-# at 10:1 a model that never predicts the small class still scores over 90% accuracy.
-IMBALANCE_RATIO = 10.0
 # Share of training rows cut by FT_MAX_LENGTH from which the lost text is worth a warning.
 TRUNCATION_SHARE = 0.05
 # Share of unknown tokens from which the tokenizer probably does not fit the text
@@ -144,7 +142,7 @@ def check(settings: Settings) -> dict[str, Any]:
 
     label_report = _labels(prepared)
     log.info("check.labels", problem_type=prepared.labels.problem_type, **label_report)
-    for event, fields in _label_warnings(label_report):
+    for event, fields in _label_warnings(label_report, settings):
         warn(event, **fields)
 
     lengths = _lengths(settings, tokenizer, prepared)
@@ -225,7 +223,7 @@ def _labels(prepared: PreparedData) -> dict[str, Any]:
     return {"counts": {name: labels.class_counts(split, spec) for name, split in scored.items()}}
 
 
-def _label_warnings(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def _label_warnings(report: dict[str, Any], settings: Settings) -> list[tuple[str, dict[str, Any]]]:
     if "counts" not in report:
         return []
     found = []
@@ -234,6 +232,7 @@ def _label_warnings(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     smallest = min(train, key=train.__getitem__, default=None)
     if largest is not None and smallest is not None and train[largest] / train[smallest] >= IMBALANCE_RATIO:
         ratio = train[largest] / train[smallest]
+        weighted = class_weights.applies(settings.class_weights, train)
         found.append(
             (
                 "check.label_imbalance",
@@ -245,6 +244,11 @@ def _label_warnings(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
                     "threshold": IMBALANCE_RATIO,
                     "effect": "the small classes are learned poorly and accuracy flatters the model; add rows of "
                     "the small classes, or judge by f1_macro (the default best-model metric)",
+                    "action": f"FT_CLASS_WEIGHTS={settings.class_weights}: the training loss is weighted by inverse "
+                    "class frequency"
+                    if weighted
+                    else f"FT_CLASS_WEIGHTS={settings.class_weights}: the loss stays unweighted; set "
+                    "FT_CLASS_WEIGHTS=balanced to weight it",
                 },
             )
         )

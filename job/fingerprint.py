@@ -18,7 +18,7 @@ from job.settings import Settings, env_name
 TRAINING_SETTINGS = (
     "epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay",
     "warmup_ratio", "lr_scheduler", "max_grad_norm", "seed", "group_by_length", "eval_steps",
-    "metric_for_best_model", "early_stopping_patience",
+    "metric_for_best_model", "early_stopping_patience", "class_weights",
 )  # fmt: skip
 _WHAT = {
     "data": "the dataset (its files' contents or the settings that shape it)",

@@ -337,6 +337,13 @@ class Settings(BaseSettings):
         "bf16 instructions (AVX512-BF16), else full precision.",
         default="auto",
     )
+    class_weights: Literal["auto", "balanced", "none"] = _field(
+        "training",
+        "Weight the training loss by inverse class frequency so small classes count as much as large ones. "
+        "`auto`: when the largest class has at least 10× the rows of the smallest (positives per label for "
+        "multi-label); `balanced`: always; `none`: never. Classification and multi-label only.",
+        default="auto",
+    )
     group_by_length: bool = _field(
         "training", "Batch rows of similar length together so little padding is computed.", default=True
     )

@@ -29,7 +29,9 @@ from transformers import (
 from job import device, metrics, trackers
 from job.artifacts import TRAIN_LOG
 from job.checkpoints import CheckpointCallback
+from job.class_weights import WeightedLoss, class_weights
 from job.errors import TrainingError
+from job.labels import MULTI
 from job.logs import get_logger
 from job.modeling import load_model, load_tokenizer
 from job.preemption import StopRequest
@@ -94,6 +96,7 @@ def train_and_evaluate(
         compute_metrics=lambda p: metrics.scalars(p.predictions, p.label_ids, prepared.labels),
         callbacks=callbacks,
         lengths=list(prepared.train[LENGTH]) if settings.group_by_length else None,
+        compute_loss_func=_weighted_loss(settings, prepared),
     )
     trainer.remove_callback(PrinterCallback)  # prints raw dicts to stdout; ProgressLog replaces it
 
@@ -145,6 +148,19 @@ def train_and_evaluate(
         best_value=trainer.state.best_metric,
         stats=stats,
     )
+
+
+def _weighted_loss(settings: Settings, prepared: PreparedData) -> WeightedLoss | None:
+    weights = class_weights(settings.class_weights, prepared.train, prepared.labels)
+    if weights is None:
+        return None
+    log.info(
+        "train.class_weights",
+        setting=settings.class_weights,
+        weights=dict(zip(prepared.labels.names, (round(w, 3) for w in weights), strict=True)),
+        kind="positive weight per label" if prepared.labels.problem_type == MULTI else "weight per class",
+    )
+    return WeightedLoss(weights, prepared.labels.problem_type)
 
 
 def arguments(settings: Settings, checkpoints: Path, precision: str, metric: str) -> TrainingArguments:
