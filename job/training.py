@@ -30,6 +30,7 @@ from job import device, metrics, trackers
 from job.artifacts import TRAIN_LOG
 from job.checkpoints import CheckpointCallback
 from job.errors import TrainingError
+from job.labels import LABELS
 from job.logs import get_logger
 from job.modeling import load_model, load_tokenizer
 from job.preemption import StopRequest
@@ -71,6 +72,7 @@ def train_and_evaluate(
     precision = device.precision(settings.mixed_precision)
     metric = metrics.best_model_metric(settings.metric_for_best_model, prepared.labels.problem_type)
     assert metric is not None  # a real problem type always has one
+    metrics.require_defined(metric, np.asarray(prepared.validation[LABELS]), prepared.labels)
     set_seed(settings.seed)
     tokenizer = load_tokenizer(model_path, settings)
     model = load_model(model_path, settings, prepared.labels)
