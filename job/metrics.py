@@ -41,6 +41,17 @@ CATALOGUE: dict[str, tuple[str, ...]] = {
 EVERY_METRIC = tuple(dict.fromkeys(name for names in CATALOGUE.values() for name in names))
 LOWER_IS_BETTER = frozenset({"loss", "log_loss", "mse", "rmse", "mae"})
 RANKING = ("roc_auc", "pr_auc")  # prefixes of the metrics a split may lack (see _ranking)
+# The range of the metrics that have one, for the charts' axes. Listed by name: a metric
+# added to the catalogue has no range until someone says which.
+_SCORES = (
+    "accuracy", "f1", "f1_macro", "f1_weighted", "f1_micro", "precision", "precision_macro",
+    "precision_weighted", "precision_micro", "recall", "recall_macro", "recall_weighted", "recall_micro",
+    "roc_auc", "roc_auc_macro", "pr_auc", "pr_auc_macro", "subset_accuracy", "hamming_accuracy",
+)  # fmt: skip
+BOUNDS: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(_SCORES, (0.0, 1.0)),
+    **dict.fromkeys(("mcc", "pearson", "spearman"), (-1.0, 1.0)),  # correlations
+}  # fmt: skip
 
 
 def default_metric(problem_type: str) -> str:
