@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ft_env, run_cli, write
+from conftest import ft_env, rows, run_cli, write
 from scipy import special, stats
 from sklearn import metrics as sk
 from sklearn.preprocessing import label_binarize
@@ -284,3 +284,31 @@ def test_metrics_json_grows_with_the_labels_not_their_square(tmp_path: Path, tin
     matrix = json.loads((run / "confusion_matrix.json").read_text())
     assert matrix["labels"] == sorted(labels) and sum(n for _, _, n in matrix["cells"]) == 3000 >= len(matrix["cells"])
     assert any(e["event"] == "charts.skipped" for e in events) and not (run / "confusion_matrix.png").exists()
+
+
+@pytest.mark.slow
+def test_an_auc_can_pick_the_best_checkpoint(tmp_path: Path, tiny_model: Path) -> None:
+    folder = write(tmp_path / "data" / "train.csv", rows("binary", 80)).parent
+    env = ft_env(tmp_path, tiny_model, folder, FT_RUN_ID="auc", FT_EPOCHS="2", FT_METRIC_FOR_BEST_MODEL="pr_auc")
+    result, events = run_cli(env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert [e["best_model_metric"] for e in events if e["event"] == "train.started"] == ["pr_auc"]
+    document = json.loads((tmp_path / "outputs" / "auc" / "metrics.json").read_text())
+    assert document["headline"]["metric"] == "pr_auc"
+    assert document["headline"]["value"] == document["validation"]["pr_auc"]
+    assert 0.0 <= document["validation"]["roc_auc"] <= 1.0 and document["validation"]["log_loss"] > 0.0
+
+
+@pytest.mark.slow
+def test_an_auc_the_validation_split_lacks_is_refused_before_training(tmp_path: Path, tiny_model: Path) -> None:
+    folder = tmp_path / "data"
+    write(folder / "train.jsonl", rows("multiclass", 60))
+    lacking = [row for row in rows("multiclass", 30, seed=1) if row["label"] != "tech"]
+    write(folder / "validation.jsonl", lacking)
+    env = ft_env(tmp_path, tiny_model, folder, FT_RUN_ID="lacking", FT_METRIC_FOR_BEST_MODEL="roc_auc_macro")
+    result, events = run_cli(env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout[-3000:]
+    (error,) = [e for e in events if e["level"] == "error"]
+    assert error["event"] == "config.invalid"
+    assert "FT_METRIC_FOR_BEST_MODEL=roc_auc_macro is not defined on this validation split" in error["error"]
+    assert not any(e["event"] == "train.progress" for e in events)
