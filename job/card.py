@@ -13,10 +13,14 @@ from job.storage import classify
 from job.trackers import TENSORBOARD_DIR
 
 _SHOWN_METRICS = {
-    "single_label_classification": ("accuracy", "f1", "f1_macro", "precision", "recall", "mcc", "loss"),
-    "multi_label_classification": ("subset_accuracy", "f1_micro", "f1_macro", "hamming_accuracy", "loss"),
+    "single_label_classification": (
+        "accuracy", "f1", "f1_macro", "precision", "recall", "mcc", "roc_auc", "pr_auc", "loss",
+    ),
+    "multi_label_classification": (
+        "subset_accuracy", "f1_micro", "f1_macro", "hamming_accuracy", "roc_auc_macro", "pr_auc_macro", "loss",
+    ),
     "regression": ("rmse", "mae", "r2", "pearson", "spearman", "loss"),
-}
+}  # fmt: skip
 
 
 def render(settings: Settings, document: dict[str, Any], manifest: dict[str, Any], *, model_ref: str) -> str:

@@ -32,6 +32,7 @@ _MAX_ANNOTATED_CLASSES = 30  # beyond this, counts in the cells are unreadable
 _MAX_CLASSES = 100  # beyond this, one cell is a pixel: the matrix says nothing a reader can use
 _MAX_LABEL_PANELS = 36  # multi-label: one small matrix per label, up to a 6 x 6 grid
 _MAX_NAME = 18  # characters of a label name shown on an axis
+_MIN_SPAN = 0.05  # a bounded metric's axis spans at least this much, so a change of 2e-5 looks flat
 
 log = get_logger("job.charts")
 
@@ -114,6 +115,7 @@ def _training_curves(path: Path, metric: str) -> Any:
         loss_axis.plot(eval_steps, eval_loss, color="tab:orange", marker="o", linewidth=1.2, label="validation")
     _best(loss_axis, eval_steps, eval_loss, lower_is_better=True, chosen=metric == "loss")
     loss_axis.set(title="Loss", xlabel="optimizer step", ylabel="loss")
+    loss_axis.ticklabel_format(axis="y", useOffset=False)
     loss_axis.legend(loc="best", fontsize="small")
 
     if metric_steps:
@@ -121,6 +123,7 @@ def _training_curves(path: Path, metric: str) -> Any:
         axis.plot(metric_steps, metric_values, color="tab:green", marker="o", linewidth=1.2)
         _best(axis, metric_steps, metric_values, lower_is_better=not metrics.greater_is_better(metric), chosen=True)
         axis.set(title=f"Validation {metric}", xlabel="optimizer step", ylabel=metric)
+        _metric_scale(axis, metric_values, metrics.BOUNDS.get(metric))
         axis.legend(loc="best", fontsize="small")
     if lr_steps:
         axis = axes.pop(0)
@@ -130,6 +133,22 @@ def _training_curves(path: Path, metric: str) -> Any:
     for axis in figure.axes:
         axis.grid(alpha=0.3)
     return figure
+
+
+def _metric_scale(axis: Any, values: list[float], bounds: tuple[float, float] | None) -> None:
+    """Tick labels as plain numbers, and a bounded metric's axis at least _MIN_SPAN tall.
+
+    Left to itself, matplotlib zooms onto the data and labels the ticks against an offset
+    (`1e-5+8.009e-1`): a change in the fifth decimal fills the panel as a steep climb."""
+    axis.ticklabel_format(axis="y", style="plain", useOffset=False)
+    finite = [v for v in values if math.isfinite(v)]
+    if bounds is None or not finite:
+        return
+    low, high = bounds
+    span = min(max((max(finite) - min(finite)) * 1.1, _MIN_SPAN), high - low)  # 5% margins, as matplotlib's
+    bottom = (max(finite) + min(finite) - span) / 2
+    bottom = min(max(bottom, low), high - span)  # slid inside the range, not cut
+    axis.set_ylim(bottom, bottom + span)
 
 
 def _best(axis: Any, steps: list[int], values: list[float], *, lower_is_better: bool, chosen: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterable, MutableMapping
@@ -32,6 +33,30 @@ class _Constant:
         for key, value in self.fields.items():
             event.setdefault(key, value)
         return event
+
+
+# Terminal control sequences: CSI (colours, `\x1b[1;32m`), OSC (titles, links) and the
+# two-character escapes; a lone ESC goes too.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])?")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str):
+        return _ANSI.sub("", value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _plain_text(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Drops terminal colour codes from every string of the event, however deep. Libraries
+    colour their messages (transformers' load report, matplotlib), and a log collector
+    would store the codes as text; the console renderer adds its own colours after this."""
+    for key, value in list(event.items()):
+        event[key] = _plain(value)
+    return event
 
 
 def use_json(log_format: LogFormat) -> bool:
@@ -84,9 +109,9 @@ def configure_logging(
         tracebacks = structlog.processors.ExceptionRenderer(
             structlog.tracebacks.ExceptionDictTransformer(show_locals=False, max_frames=30)
         )
-        renderer = [tracebacks, structlog.processors.JSONRenderer()]
+        renderer = [tracebacks, _plain_text, structlog.processors.JSONRenderer()]
     else:
-        renderer = [structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
+        renderer = [_plain_text, structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
 
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,

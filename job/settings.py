@@ -357,7 +357,9 @@ class Settings(BaseSettings):
         "training",
         "Evaluation metric that picks the best checkpoint. Default: `f1_macro` "
         "(classification, multi-label) or `rmse` (regression). `f1`, `precision` and "
-        "`recall` are those of label id 1 for binary tasks, macro averages otherwise.",
+        "`recall` are those of label id 1 for binary tasks, macro averages otherwise; so are "
+        "`roc_auc` and `pr_auc` (the macro averages are one-vs-rest). `log_loss` is better "
+        "lower. An AUC the validation split cannot have (a label without rows) is refused.",
         default=None,
     )
     early_stopping_patience: OptionalInt = _field(

@@ -31,7 +31,7 @@ from job.artifacts import TRAIN_LOG
 from job.checkpoints import CheckpointCallback
 from job.class_weights import WeightedLoss, class_weights
 from job.errors import TrainingError
-from job.labels import MULTI
+from job.labels import LABELS, MULTI
 from job.logs import get_logger
 from job.modeling import load_model, load_tokenizer
 from job.preemption import StopRequest
@@ -73,6 +73,7 @@ def train_and_evaluate(
     precision = device.precision(settings.mixed_precision)
     metric = metrics.best_model_metric(settings.metric_for_best_model, prepared.labels.problem_type)
     assert metric is not None  # a real problem type always has one
+    metrics.require_defined(metric, np.asarray(prepared.validation[LABELS]), prepared.labels)
     set_seed(settings.seed)
     tokenizer = load_tokenizer(model_path, settings)
     model = load_model(model_path, settings, prepared.labels)

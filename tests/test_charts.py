@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -159,3 +160,41 @@ def test_multi_label_gets_a_matrix_per_label_up_to_a_limit(tmp_path: Path, capsy
     assert charts.draw(many, prediction(40), LabelSpec(MULTI, names), metric="f1_macro") == [charts.TRAINING_CURVES]
     skipped = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "charts.skipped" in line]
     assert skipped and skipped[0]["reason"] == "40 labels, more than 36"
+
+
+def metric_axis(folder: Path, values: list[float], metric: str = "f1_macro", losses: tuple[float, ...] = ()) -> Any:
+    """The validation-metric panel of the training curves drawn from these evaluations, rendered
+    (tick labels and offsets exist only once drawn)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    losses = losses or tuple(0.5 - i / 100 for i in range(len(values)))
+    lines = [
+        {"step": 10 * (i + 1), "loss": loss, "eval_loss": loss, f"eval_{metric}": value}
+        for i, (value, loss) in enumerate(zip(values, losses, strict=True))
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / TRAIN_LOG).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    figure = charts._training_curves(folder / TRAIN_LOG, metric)
+    FigureCanvasAgg(figure).draw()
+    (axis,) = [a for a in figure.axes if a.get_title() == f"Validation {metric}"]
+    return axis
+
+
+def test_a_change_in_the_fifth_decimal_draws_flat_without_an_offset(tmp_path: Path) -> None:
+    axis = metric_axis(tmp_path, [0.800912, 0.800925, 0.800932], losses=(0.300912, 0.300925, 0.300932))
+    assert axis.yaxis.get_major_formatter().get_offset() == ""  # was "1e-5+8.009e-1"
+    labels = [label.get_text() for label in axis.get_yticklabels()]
+    assert labels and not [text for text in labels if "e" in text or "+" in text]
+    bottom, top = axis.get_ylim()
+    assert top - bottom >= 0.05 - 1e-12 and 0.0 <= bottom < 0.800912 and 0.800932 < top <= 1.0
+    (loss_axis,) = [a for a in axis.figure.axes if a.get_title() == "Loss"]
+    assert loss_axis.yaxis.get_major_formatter().get_offset() == ""
+
+
+def test_a_bounded_metric_axis_stays_inside_its_range(tmp_path: Path) -> None:
+    assert metric_axis(tmp_path / "top", [0.99995, 1.0]).get_ylim() == pytest.approx((0.95, 1.0))
+    assert metric_axis(tmp_path / "bottom", [0.0, 0.001], metric="recall").get_ylim() == pytest.approx((0.0, 0.05))
+    bottom, top = metric_axis(tmp_path / "wide", [0.2, 0.9]).get_ylim()
+    assert bottom == pytest.approx(0.165) and top == pytest.approx(0.935)  # the data's own span, 5% margins
+    bottom, top = metric_axis(tmp_path / "mcc", [-0.9999, -1.0], metric="mcc").get_ylim()
+    assert (bottom, top) == pytest.approx((-1.0, -0.95))
