@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from job import metrics
+from job import metrics, thresholds
 from job.labels import MULTI, REGRESSION, LabelSpec
 from job.prepare import PreparedData
 from job.redaction import redact_document
@@ -32,16 +32,17 @@ def prediction_rows(prediction: Prediction, spec: LabelSpec, *, all_scores: bool
     """One dict per row, in source-row order: index, predicted label(s), score(s);
     `all_scores` adds every label's probability to single-label rows."""
     probs = metrics.probabilities(prediction.logits, spec)
+    decided = thresholds.decide(probs, spec) if spec.problem_type != REGRESSION else probs
     for position in np.argsort(prediction.index, kind="stable"):
         row: dict[str, Any] = {"index": int(prediction.index[position])}
         p = probs[position]
         if spec.problem_type == REGRESSION:
             row["score"] = float(p)
         elif spec.problem_type == MULTI:
-            row["labels"] = [name for name, v in zip(spec.names, p, strict=True) if v > metrics.THRESHOLD]
+            row["labels"] = [name for name, on in zip(spec.names, decided[position], strict=True) if on]
             row["scores"] = {name: round(float(v), 6) for name, v in zip(spec.names, p, strict=True)}
         else:
-            best = int(p.argmax())
+            best = int(decided[position])
             row.update(label=spec.names[best], label_id=best, score=round(float(p[best]), 6))
             if all_scores:
                 row["scores"] = {name: round(float(v), 6) for name, v in zip(spec.names, p, strict=True)}
@@ -68,8 +69,8 @@ def write_predictions(path: Path, prediction: Prediction, spec: LabelSpec) -> in
     return rows
 
 
-def metrics_document(outcome: TrainOutcome, prepared: PreparedData) -> dict[str, Any]:
-    spec = prepared.labels
+def metrics_document(outcome: TrainOutcome, spec: LabelSpec) -> dict[str, Any]:
+    """metrics.json: every split's metrics, decided as `spec` says (its tuned thresholds)."""
     assert outcome.validation.labels is not None
     validation = metrics.report(outcome.validation.logits, outcome.validation.labels, spec)
     validation["loss"] = outcome.validation.loss
@@ -79,6 +80,8 @@ def metrics_document(outcome: TrainOutcome, prepared: PreparedData) -> dict[str,
         "headline": {"metric": outcome.best_metric, "split": "validation", "value": _headline(validation, outcome)},
         "validation": validation,
     }
+    if spec.thresholds is not None:
+        document["decision_thresholds"] = thresholds.by_label(spec)
     if outcome.test is not None and outcome.test.labels is not None:
         document["test"] = metrics.report(outcome.test.logits, outcome.test.labels, spec)
         document["test"]["loss"] = outcome.test.loss

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from job import metrics
+from job import metrics, thresholds
 from job.artifacts import TRAIN_LOG
 from job.labels import MULTI, REGRESSION, LabelSpec
 from job.logs import get_logger
@@ -166,7 +166,7 @@ def _confusion_matrix(validation: Prediction, spec: LabelSpec) -> Any:
     if len(names) > _MAX_CLASSES:
         log.info("charts.skipped", chart=CONFUSION_MATRIX, reason=f"{len(names)} labels, more than {_MAX_CLASSES}")
         return None
-    predicted = metrics.probabilities(validation.logits, spec).argmax(axis=-1)
+    predicted = thresholds.decide(metrics.probabilities(validation.logits, spec), spec)
     matrix = metrics.confusion_matrix(np.asarray(validation.labels), predicted, len(names))
     n = len(names)
     side = min(3.0 + 0.45 * n, 16.0)
@@ -194,7 +194,7 @@ def _per_label_confusion(validation: Prediction, spec: LabelSpec) -> Any:
     if len(names) > _MAX_LABEL_PANELS:
         log.info("charts.skipped", chart=CONFUSION_MATRIX, reason=f"{len(names)} labels, more than {_MAX_LABEL_PANELS}")
         return None
-    predicted = metrics.probabilities(validation.logits, spec) > metrics.THRESHOLD
+    predicted = thresholds.decide(metrics.probabilities(validation.logits, spec), spec)
     actual = np.asarray(validation.labels) > metrics.THRESHOLD
     columns = min(len(names), 6)
     rows = math.ceil(len(names) / columns)

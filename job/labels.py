@@ -27,6 +27,9 @@ log = get_logger("job.labels")
 class LabelSpec:
     problem_type: str
     names: tuple[str, ...] = ()  # empty for regression
+    # Binary: the cut on label id 1's probability; multi-label: one per label (job.thresholds).
+    # None: argmax, or 0.5 per label.
+    thresholds: tuple[float, ...] | None = None
 
     @property
     def num_labels(self) -> int:
@@ -37,11 +40,15 @@ class LabelSpec:
         return dict(enumerate(self.names)) if self.names else {0: "value"}
 
     def to_json(self) -> dict[str, Any]:
-        return {"problem_type": self.problem_type, "names": list(self.names)}
+        out: dict[str, Any] = {"problem_type": self.problem_type, "names": list(self.names)}
+        if self.thresholds is not None:
+            out["thresholds"] = list(self.thresholds)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LabelSpec:
-        return cls(problem_type=data["problem_type"], names=tuple(data["names"]))
+        cuts = data.get("thresholds")
+        return cls(data["problem_type"], tuple(data["names"]), None if cuts is None else tuple(cuts))
 
 
 def spec_of_model(config: Any) -> LabelSpec:
@@ -50,7 +57,23 @@ def spec_of_model(config: Any) -> LabelSpec:
     problem_type = config.problem_type or (REGRESSION if config.num_labels == 1 else SINGLE)
     if problem_type == REGRESSION:
         return LabelSpec(REGRESSION)
-    return LabelSpec(problem_type, tuple(str(config.id2label[i]) for i in range(config.num_labels)))
+    names = tuple(str(config.id2label[i]) for i in range(config.num_labels))
+    return LabelSpec(problem_type, names, thresholds_of_config(config, names, problem_type))
+
+
+# The key in config.json under which the job stores the decision thresholds it tuned, by label.
+THRESHOLDS_KEY = "decision_thresholds"
+
+
+def thresholds_of_config(config: Any, names: tuple[str, ...], problem_type: str) -> tuple[float, ...] | None:
+    stored = getattr(config, THRESHOLDS_KEY, None)
+    if not isinstance(stored, dict):
+        return None
+    # Binary: stored by the second label's name (see job.thresholds.by_label).
+    decided = names if problem_type == MULTI else names[1:] if len(names) == 2 else ()
+    if not decided or any(name not in stored for name in decided):
+        return None
+    return tuple(float(stored[name]) for name in decided)
 
 
 def build_spec(train: Dataset, settings: Settings) -> LabelSpec:

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from job import artifacts, card, charts, checkpoints, launch, promotion, resume, scaffold, search
+from job import artifacts, card, charts, checkpoints, launch, metrics, promotion, resume, scaffold, search, thresholds
 from job.checkpoints import Checkpoints
 from job.errors import NotPromoted, Preempted
 from job.files import write_json
@@ -151,15 +151,24 @@ def _search(
 
 def _write_results(trained: _Trained, staging: Path, phases: Phases) -> dict[str, Any]:
     """metrics.json, test predictions, charts and the search trials beside the saved model."""
-    prepared, outcome = trained.inputs.prepared, trained.outcome
-    document = artifacts.metrics_document(outcome, prepared)
+    prepared, outcome, validation = trained.inputs.prepared, trained.outcome, trained.outcome.validation
+    spec = thresholds.choose(
+        trained.settings.decision_thresholds,
+        metrics.probabilities(validation.logits, prepared.labels),
+        validation.labels,
+        prepared.labels,
+    )
+    if spec.thresholds is not None:
+        log.info("train.thresholds", thresholds=thresholds.by_label(spec), tuned_on="validation")
+        thresholds.store(staging, spec)
+    document = artifacts.metrics_document(outcome, spec)
     artifacts.move_out_large_matrices(document, staging)
     write_json(staging / artifacts.METRICS, document)
     if outcome.test is not None:
-        artifacts.write_predictions(staging / artifacts.TEST_PREDICTIONS, outcome.test, prepared.labels)
+        artifacts.write_predictions(staging / artifacts.TEST_PREDICTIONS, outcome.test, spec)
     if trained.settings.charts:
         with phases.phase("charts"):
-            charts.draw(staging, outcome.validation, prepared.labels, metric=outcome.best_metric)
+            charts.draw(staging, validation, spec, metric=outcome.best_metric)
     if trained.searched is not None:
         search.write_trials(staging / search.TRIALS_FILE, trained.searched)
     return document

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from job import thresholds
 from job.errors import ConfigError
 from job.settings import MULTI, REGRESSION, SINGLE
 
@@ -114,8 +115,8 @@ def report(logits: np.ndarray, labels: np.ndarray, spec: LabelSpec) -> dict[str,
     if spec.problem_type == REGRESSION:
         return regression_metrics(probs, np.asarray(labels, dtype=np.float64).reshape(-1))
     if spec.problem_type == MULTI:
-        return multi_label_metrics(probs, np.asarray(labels) > THRESHOLD, spec.names)
-    return classification_metrics(probs, np.asarray(labels), spec.names)
+        return multi_label_metrics(probs, np.asarray(labels) > THRESHOLD, spec)
+    return classification_metrics(probs, np.asarray(labels), spec)
 
 
 def scalars(logits: np.ndarray, labels: np.ndarray, spec: LabelSpec) -> dict[str, float]:
@@ -131,12 +132,14 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
     return sk.confusion_matrix(labels.astype(np.int64), predictions.astype(np.int64), labels=np.arange(num_classes))
 
 
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, names: tuple[str, ...]) -> dict[str, Any]:
-    """Single-label metrics from the class probabilities (rows x classes) and true class ids."""
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, spec: LabelSpec) -> dict[str, Any]:
+    """Single-label metrics from the class probabilities (rows x classes) and true class ids,
+    decided as the spec says (argmax, or a binary model's tuned threshold)."""
     from sklearn import metrics as sk
 
+    names = spec.names
     labels = labels.astype(np.int64)
-    predictions = probs.argmax(axis=-1)
+    predictions = thresholds.decide(probs, spec)
     ids = np.arange(len(names))
     scores = {
         average: sk.precision_recall_fscore_support(labels, predictions, labels=ids, average=average, zero_division=0.0)
@@ -177,12 +180,13 @@ def confusion_record(matrix: np.ndarray, names: tuple[str, ...]) -> dict[str, An
     return {"labels": list(names), "cells": cells}
 
 
-def multi_label_metrics(probs: np.ndarray, actual: np.ndarray, names: tuple[str, ...]) -> dict[str, Any]:
+def multi_label_metrics(probs: np.ndarray, actual: np.ndarray, spec: LabelSpec) -> dict[str, Any]:
     """Multi-label metrics from per-label probabilities and the true label indicators (rows x labels)."""
     from sklearn import metrics as sk
 
+    names = spec.names
     actual = actual.astype(bool)
-    predicted = probs > THRESHOLD
+    predicted = thresholds.decide(probs, spec)
     scores = {
         average: sk.precision_recall_fscore_support(actual, predicted, average=average, zero_division=0.0)
         for average in (None, "micro", "macro", "weighted")

@@ -344,6 +344,14 @@ class Settings(BaseSettings):
         "multi-label); `balanced`: always; `none`: never. Classification and multi-label only.",
         default="auto",
     )
+    decision_thresholds: Literal["tune", "fixed"] = _field(
+        "training",
+        "Binary and multi-label: `tune` picks the decision threshold (per label for multi-label) that "
+        "maximizes macro-F1 (each label's F1) on the validation split, stores it in the model's config.json "
+        "(`decision_thresholds`) and uses it for the metrics, test predictions and `predict`; `fixed`: "
+        "argmax, 0.5 per label. Kept at 0.5 when validation has under 10 rows of either side.",
+        default="tune",
+    )
     group_by_length: bool = _field(
         "training", "Batch rows of similar length together so little padding is computed.", default=True
     )

@@ -24,7 +24,7 @@ from job.labels import MULTI, REGRESSION, SINGLE, LabelSpec
 def test_binary_metrics_by_hand() -> None:
     labels = np.array([0, 0, 0, 1, 1, 1, 1, 0])
     predictions = np.array([0, 1, 0, 1, 1, 0, 1, 0])
-    out = metrics.classification_metrics(np.eye(2)[predictions], labels, ("neg", "pos"))
+    out = metrics.classification_metrics(np.eye(2)[predictions], labels, LabelSpec(SINGLE, ("neg", "pos")))
     # Confusion matrix [[3, 1], [1, 3]]: 6 of 8 right; each class p = r = f1 = 3/4.
     assert out["confusion_matrix"]["matrix"] == [[3, 1], [1, 3]]
     assert out["accuracy"] == 0.75
@@ -40,7 +40,9 @@ def test_binary_metrics_by_hand() -> None:
 
 def test_binary_positive_class_is_label_one() -> None:
     # Every row predicted "pos": pos precision 2/4, recall 1; neg precision 0 (no predictions).
-    out = metrics.classification_metrics(np.eye(2)[np.ones(4, int)], np.array([0, 0, 1, 1]), ("neg", "pos"))
+    out = metrics.classification_metrics(
+        np.eye(2)[np.ones(4, int)], np.array([0, 0, 1, 1]), LabelSpec(SINGLE, ("neg", "pos"))
+    )
     assert out["precision"] == 0.5 and out["recall"] == 1.0 and out["f1"] == pytest.approx(2 / 3)
     assert out["per_class"]["neg"]["precision"] == 0.0  # no division-by-zero warning, just 0
     assert out["mcc"] == 0.0  # undefined (a constant prediction) is reported as 0
@@ -49,7 +51,7 @@ def test_binary_positive_class_is_label_one() -> None:
 def test_multiclass_metrics_by_hand() -> None:
     labels = np.array([0, 1, 2, 2, 1, 0])
     predictions = np.array([0, 2, 2, 1, 1, 0])
-    out = metrics.classification_metrics(np.eye(3)[predictions], labels, ("a", "b", "c"))
+    out = metrics.classification_metrics(np.eye(3)[predictions], labels, LabelSpec(SINGLE, ("a", "b", "c")))
     # Matrix rows (true) a: [2,0,0], b: [0,1,1], c: [0,1,1]; f1 = 1, 1/2, 1/2.
     assert out["confusion_matrix"]["matrix"] == [[2, 0, 0], [0, 1, 1], [0, 1, 1]]
     assert out["accuracy"] == pytest.approx(4 / 6)
@@ -62,7 +64,7 @@ def test_multiclass_metrics_by_hand() -> None:
 def test_multi_label_metrics_by_hand() -> None:
     actual = np.array([[1, 0], [1, 1], [0, 1], [0, 0]])
     predicted = np.array([[1, 0], [1, 0], [0, 1], [1, 0]])
-    out = metrics.multi_label_metrics(predicted * 0.8 + 0.1, actual, ("x", "y"))
+    out = metrics.multi_label_metrics(predicted * 0.8 + 0.1, actual, LabelSpec(MULTI, ("x", "y")))
     # x: tp 2, fp 1, fn 0 -> f1 4/5; y: tp 1, fp 0, fn 1 -> f1 2/3; micro: tp 3, fp 1, fn 1 -> 6/8.
     assert out["per_class"]["x"]["f1"] == pytest.approx(0.8)
     assert out["per_class"]["y"]["f1"] == pytest.approx(2 / 3)
