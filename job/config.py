@@ -15,6 +15,7 @@ from job import metrics
 from job.errors import ConfigError
 from job.redaction import url_secrets
 from job.settings import ENV_PREFIX, Settings, env_name, unknown_prefixed_variables
+from job.storage.credentials import stored_token
 from job.storage.locations import checkpoint_location, output_location
 
 # Values of these variables are masked wherever they would be logged, and withheld from
@@ -30,9 +31,11 @@ URL_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "HF_ENDPOINT", "MLFL
 
 
 def secret_values(settings: Settings | None) -> list[str]:
-    """Values masked in every log line: tokens and keys, and the credentials inside every URL
-    a setting or a standard variable holds (also where a library quotes them without the URL)."""
+    """Values masked in every log line: tokens and keys (the stored Hugging Face token too), and
+    the credentials inside every URL a setting or a standard variable holds (also where a
+    library quotes them without the URL)."""
     values = [os.environ.get(name, "") for name in (*SECRET_VARIABLES, *TRACKER_SECRET_VARIABLES)]
+    values.append(stored_token() or "")  # `hf auth login`'s file: used without any variable naming it
     urls = [os.environ.get(name, "") for name in URL_VARIABLES]
     urls += [v for k, v in os.environ.items() if k.startswith(ENV_PREFIX) and "://" in v]
     if settings is not None:

@@ -20,6 +20,7 @@ from job.files import sha256_of
 from job.logs import get_logger
 from job.settings import Settings
 from job.storage import Location, classify, data_format_of, data_stem
+from job.storage.credentials import hub_token
 
 EVAL_SPLIT_NAMES = ("validation", "valid", "dev", "val")
 INDEX = "index"  # row number in the source split, carried through to predictions
@@ -146,8 +147,9 @@ def _check_empty_share(dropped: int, total: int, split: str, settings: Settings)
 
 
 def _load(location: Location, settings: Settings) -> _Loaded:
-    cache = str(settings.cache_dir / "datasets")
-    token = settings.hf_token.get_secret_value() if settings.hf_token else None
+    # No cache_dir: the standard datasets cache (HF_DATASETS_CACHE, HF_HOME), which an
+    # air-gapped cluster may have filled in advance.
+    token = hub_token(settings) if location.kind == "hub" else None
     shown = location  # errors name the location as the user wrote it, not its mirror
     if location.kind == "s3":
         location = Location("local", str(storage.fetch(location, settings, data_only=True)), location.variable)
@@ -161,13 +163,12 @@ def _load(location: Location, settings: Settings) -> _Loaded:
                 name=settings.dataset_config,
                 revision=settings.dataset_revision,
                 token=token,
-                cache_dir=cache,
             )
         else:
             files = _split_files(location.path, settings)
             named = {split: [str(p) for p in paths] for split, paths in files.items()}
             first = next(iter(files.values()))[0]
-            loaded = datasets.load_dataset(_format(first, settings), data_files=named, cache_dir=cache)
+            loaded = datasets.load_dataset(_format(first, settings), data_files=named)
     except (ConfigError, DataError):
         raise
     except Exception as exc:  # datasets raises many unrelated types for unreadable input
@@ -354,5 +355,8 @@ def _first_line(exc: BaseException) -> str:
 
 def _hint(location: Location) -> str:
     if location.kind == "hub":
-        return "check FT_DATASET, FT_DATASET_CONFIG and FT_DATASET_REVISION, and HF_TOKEN for private datasets"
+        return (
+            "check FT_DATASET, FT_DATASET_CONFIG and FT_DATASET_REVISION, and for a private dataset the token: "
+            "set HF_TOKEN or log in with `hf auth login`"
+        )
     return "check that the files are valid csv, json(l) or parquet"

@@ -5,6 +5,10 @@ GPUs x nodes).
 Workers inherit the environment minus credentials and plus offline flags: the
 launcher already fetched the data and model, and only it may talk to remote
 storage. A failed worker fails the run with that worker's exit code and message.
+
+Started by torchrun (or accelerate launch) instead, the processes are the workers already:
+each node's local rank 0 hands the task to the node's other ranks (job.handoff, `follow`)
+and trains as its own rank, in this process; no launch is nested in theirs.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from job import device
+from job import bootstrap, device, handoff, worker
 from job.config import SECRET_VARIABLES
 from job.errors import TrainingError, error_for_code
 from job.logs import get_logger
@@ -49,6 +53,11 @@ def train(
 ) -> TrainOutcome | None:
     """The outcome on the main node; None on the others. The Trainer writes checkpoints to
     the local folder `checkpoints`, each recording `inputs` (the run's fingerprint)."""
+    if topology.outer is not None:
+        return _train_as_rank(
+            settings, prepared, model_path, topology, work,
+            checkpoints=checkpoints, resume=resume, stop=stop, inputs=inputs,
+        )  # fmt: skip
     if topology.world_size == 1:
         return train_and_evaluate(
             settings,
@@ -60,12 +69,7 @@ def train(
             stop=stop,
             inputs=inputs,
         )
-    work.inputs.parent.mkdir(parents=True, exist_ok=True)
-    work.inputs.write_text(json.dumps(inputs))
-    clear_failures(work.failures, range(topology.first_rank, topology.first_rank + topology.procs_per_node))
-    if topology.is_main_node:
-        shutil.rmtree(work.outcome, ignore_errors=True)
-
+    _prepare_workers(topology, work, inputs)
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu",
@@ -78,6 +82,33 @@ def train(
         "--dynamo_backend", "no",
         "--max_restarts", "0",
         "-m", "job.worker",
+        *_worker_arguments(prepared, model_path, work, checkpoints=checkpoints, resume=resume, stop=stop),
+    ]  # fmt: skip
+    log.info("launch.workers", processes=topology.procs_per_node, world_size=topology.world_size)
+    returncode = subprocess.run(command, env=_worker_environment(settings), check=False).returncode
+    if returncode != 0:
+        raise _worker_failure(work.failures, returncode)
+    return load_outcome(work.outcome) if topology.is_main_node else None
+
+
+def _prepare_workers(topology: Topology, work: Workspace, inputs: dict[str, Any] | None) -> None:
+    work.inputs.parent.mkdir(parents=True, exist_ok=True)
+    work.inputs.write_text(json.dumps(inputs))
+    clear_failures(work.failures, range(topology.first_rank, topology.first_rank + topology.procs_per_node))
+    if topology.is_main_node:
+        shutil.rmtree(work.outcome, ignore_errors=True)
+
+
+def _worker_arguments(
+    prepared: PreparedData,
+    model_path: Path,
+    work: Workspace,
+    *,
+    checkpoints: Path,
+    resume: Path | None,
+    stop: StopRequest,
+) -> list[str]:
+    return [
         "--prepared", str(prepared.path),
         "--model", str(model_path),
         "--work", str(work.root),
@@ -85,11 +116,61 @@ def train(
         "--stop-file", str(stop.stop_file),
         *(["--resume", str(resume)] if resume else []),
     ]  # fmt: skip
-    log.info("launch.workers", processes=topology.procs_per_node, world_size=topology.world_size)
-    returncode = subprocess.run(command, env=_worker_environment(settings), check=False).returncode
-    if returncode != 0:
-        raise _worker_failure(work.failures, returncode)
-    return load_outcome(work.outcome) if topology.is_main_node else None
+
+
+def _train_as_rank(
+    settings: Settings,
+    prepared: PreparedData,
+    model_path: Path,
+    topology: Topology,
+    work: Workspace,
+    *,
+    checkpoints: Path,
+    resume: Path | None,
+    stop: StopRequest,
+    inputs: dict[str, Any] | None,
+) -> TrainOutcome | None:
+    """Local rank 0 of a torchrun launch: the task to the node's other ranks, then its own share."""
+    _prepare_workers(topology, work, inputs)
+    arguments = _worker_arguments(prepared, model_path, work, checkpoints=checkpoints, resume=resume, stop=stop)
+    handed = {k: v for k, v in _worker_environment(settings).items() if k.startswith(ENV_PREFIX) or k in _OFFLINE}
+    handoff.post(topology, {"train": True, "environment": handed, "arguments": arguments})
+    log.info("launch.handed_off", ranks=topology.procs_per_node - 1, world_size=topology.world_size)
+    outcome = train_and_evaluate(
+        settings,
+        prepared,
+        model_path,
+        staging=work.staging,
+        checkpoints=checkpoints,
+        resume=resume,
+        stop=stop,
+        inputs=inputs,
+    )
+    worker.leave_process_group()  # verifying and publishing are this process's alone
+    return outcome if topology.is_main_node else None
+
+
+def follow(topology: Topology) -> dict[str, Any]:
+    """A rank of a torchrun launch other than its node's local rank 0: wait for that rank's task
+    and train as this rank. Raises JobError as a command does; its exit code is this process's."""
+    assert topology.outer is not None
+    rank = topology.outer.rank
+    log.info("launch.waiting", rank=rank, effect="local rank 0 prepares the run")
+    task = handoff.wait(topology)
+    if not task["train"]:
+        log.info("launch.released", rank=rank, effect="nothing to train")
+        return {"status": "released", "rank": rank}
+    # The launcher's effective settings (its run id among them) replace this process's own.
+    for name in [k for k in os.environ if k.startswith(ENV_PREFIX) or k in _WITHHELD]:
+        del os.environ[name]
+    os.environ.update(task["environment"])
+    settings = bootstrap.start(rank=rank, warn_unknown=False)
+    worker.train_rank(worker.parse(task["arguments"]), settings, rank)
+    log.info("rank.finished", rank=rank)
+    return {"status": "rank_finished", "rank": rank}
+
+
+_OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 def _worker_environment(settings: Settings) -> dict[str, str]:

@@ -13,7 +13,20 @@ from typing import Any
 
 import structlog
 
-from job import artifacts, card, charts, checkpoints, launch, metrics, promotion, resume, scaffold, search, thresholds
+from job import (
+    artifacts,
+    card,
+    charts,
+    checkpoints,
+    handoff,
+    launch,
+    metrics,
+    promotion,
+    resume,
+    scaffold,
+    search,
+    thresholds,
+)
 from job.checkpoints import Checkpoints
 from job.errors import NotPromoted, Preempted
 from job.files import write_json
@@ -40,6 +53,23 @@ def main(settings: Settings) -> dict[str, Any]:
     """
     phases = Phases()
     topology = discover(settings)
+    if topology.outer is not None:
+        log.info(
+            "launch.mode", mode="rank of a torchrun launch", rank=topology.outer.rank,
+            local_rank=topology.outer.local_rank, world_size=topology.world_size,
+        )  # fmt: skip
+        if topology.outer.local_rank != 0:
+            return launch.follow(topology)
+    else:
+        log.info("launch.mode", mode="launcher", world_size=topology.world_size)
+    try:
+        return _launcher(settings, topology, phases)
+    finally:
+        if topology.outer is not None:
+            handoff.release(topology)  # the node's other ranks wait for a task that may never come
+
+
+def _launcher(settings: Settings, topology: Topology, phases: Phases) -> dict[str, Any]:
     work = Workspace.of(settings)
     stop = StopRequest(work.stop_file)
     with (

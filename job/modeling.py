@@ -22,6 +22,7 @@ from job.files import sha256_of
 from job.labels import LabelSpec
 from job.settings import Settings
 from job.storage import classify
+from job.storage.credentials import TOKEN_HINT, hub_token
 
 # Architectures whose position ids start after the padding index, so two of
 # `max_position_embeddings` are unusable (RoBERTa: 514 -> 512 tokens).
@@ -53,18 +54,20 @@ def resolve_model(settings: Settings) -> Path:
         patterns.append("*.py")
     if settings.allow_pickle_weights:
         patterns.append("*.bin")
+    token = hub_token(settings)
+    # No cache_dir: the standard Hub cache (HF_HUB_CACHE, HF_HOME), which an air-gapped
+    # cluster may have filled in advance.
     try:
         return Path(
             snapshot_download(
                 location.ref,
                 revision=settings.model_revision,
-                token=settings.hf_token.get_secret_value() if settings.hf_token else None,
-                cache_dir=str(settings.cache_dir / "hub"),
+                token=token,
                 allow_patterns=patterns,
             )
         )
     except Exception as exc:
-        raise ConfigError(_load_failure(settings, "files", exc)) from None
+        raise ConfigError(_download_failure(settings, exc, token=token)) from None
 
 
 def _model_folder(path: Path, settings: Settings) -> Path:
@@ -227,6 +230,20 @@ def _load_failure(settings: Settings, part: str, exc: BaseException) -> str:
     if part == "weights":
         hint += " that has model.safetensors weights (or allow .bin pickles with FT_ALLOW_PICKLE_WEIGHTS=true)"
     return f"FT_MODEL='{settings.model}': could not load the {part}: {reason}; {hint}"
+
+
+def _download_failure(settings: Settings, exc: BaseException, *, token: str | None) -> str:
+    """A repo the Hub will not show (private, gated, or absent: it answers alike) names the token."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    status = exc.response.status_code if isinstance(exc, HfHubHTTPError) and exc.response is not None else None
+    if isinstance(exc, RepositoryNotFoundError | GatedRepoError) or status in (401, 403):
+        whose = "the Hugging Face token was refused" if token else "no Hugging Face token was found"
+        return (
+            f"FT_MODEL='{settings.model}': the Hub does not show this model ({whose}; status {status}); check the "
+            f"model id, and for a private or gated model {TOKEN_HINT}"
+        )
+    return _load_failure(settings, "files", exc)
 
 
 def check_tokenizer_matches(tokenizer: PreTrainedTokenizerBase, config: PretrainedConfig) -> None:

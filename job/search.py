@@ -55,6 +55,12 @@ def check_supported(settings: Settings, topology: Topology) -> None:
     """Before any download: the search's own preconditions."""
     if not settings.search_trials:
         return
+    if topology.outer is not None:
+        raise ConfigError(
+            f"FT_SEARCH_TRIALS={settings.search_trials} needs fresh worker processes for every trial, which a "
+            "launch by torchrun or accelerate launch cannot give; run `python -m job` without them (it starts "
+            "its workers itself), or unset FT_SEARCH_TRIALS"
+        )
     if topology.nnodes > 1:
         raise ConfigError(
             f"FT_SEARCH_TRIALS={settings.search_trials} runs on one node (with all its GPUs), but this run has "

@@ -173,8 +173,9 @@ class Settings(BaseSettings):
     )
     cache_dir: Path = _field(
         "run",
-        "Local cache for downloaded models and datasets, tokenized data and in-progress "
-        "runs. Default: `$XDG_CACHE_HOME/ftjob` or `~/.cache/ftjob`.",
+        "Local cache for tokenized data, S3 inputs and in-progress runs. Hub models and datasets "
+        "go to the standard Hugging Face caches (`HF_HOME`, `HF_HUB_CACHE`, `HF_DATASETS_CACHE`), "
+        "which may be filled in advance for offline use. Default: `$XDG_CACHE_HOME/ftjob` or `~/.cache/ftjob`.",
         default_factory=default_cache_dir,
     )
     log_format: Literal["auto", "json", "console"] = _field(
@@ -200,7 +201,8 @@ class Settings(BaseSettings):
     )
     hf_token: Annotated[SecretStr | None, BeforeValidator(_blank_to_none)] = _field(
         "model",
-        "Hugging Face access token for private or gated models and datasets. Never logged.",
+        "Hugging Face access token for private or gated models and datasets and for publishing to "
+        "`hf://`. Unset: the token `hf auth login` stored (under `HF_HOME`, or at `HF_TOKEN_PATH`). Never logged.",
         default=None,
         validation_alias=AliasChoices("HF_TOKEN", "FT_HF_TOKEN"),
     )

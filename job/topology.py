@@ -13,6 +13,10 @@ override beats what a source says:
    (`auto`, `gpu`, `cpu` or a number), PET_MASTER_ADDR/PORT; or the classic
    MASTER_ADDR, MASTER_PORT, WORLD_SIZE (pods) and RANK (this pod).
 4. torchrun-style: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT.
+
+Started by torchrun or `accelerate launch` instead (RANK, LOCAL_RANK, WORLD_SIZE,
+MASTER_ADDR, MASTER_PORT set: see `outer_launch`), the processes already are the workers:
+the node's local rank 0 does the launcher's part, and every process trains as its rank.
 """
 
 from __future__ import annotations
@@ -30,6 +34,15 @@ DEFAULT_PORT = 29500
 
 
 @dataclass(frozen=True)
+class OuterLaunch:
+    """This process is one rank of a launch torchrun (or accelerate launch) made."""
+
+    rank: int
+    local_rank: int
+    run_id: str  # the launch's (TORCHELASTIC_RUN_ID), shared by its processes
+
+
+@dataclass(frozen=True)
 class Topology:
     source: str
     nnodes: int
@@ -37,6 +50,7 @@ class Topology:
     procs_per_node: int
     master_addr: str
     master_port: int
+    outer: OuterLaunch | None = None  # None: this process is the node's launcher and starts the workers
 
     @property
     def world_size(self) -> int:
@@ -51,8 +65,40 @@ class Topology:
         return self.node_rank * self.procs_per_node
 
 
+_OUTER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def outer_launch(environ: Mapping[str, str]) -> Topology | None:
+    """The topology of a launch that started this process as one of its ranks (what an
+    elastic agent sets: torchrun, accelerate launch), or None when nothing did."""
+    if not all(environ.get(name) for name in _OUTER_VARIABLES):
+        return None
+    if environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        # The ranks meet in the agent's store (launch.handoff); without an agent there is none.
+        raise ConfigError(
+            "RANK, LOCAL_RANK and WORLD_SIZE are set but no elastic agent started this process "
+            "(TORCHELASTIC_USE_AGENT_STORE is not True); start the job with torchrun or accelerate launch, "
+            "or unset those variables and let the job start its workers"
+        )
+    rank, local_rank, world = int(environ["RANK"]), int(environ["LOCAL_RANK"]), int(environ["WORLD_SIZE"])
+    local_world = int(environ.get("LOCAL_WORLD_SIZE") or world)
+    node_rank = int(environ.get("GROUP_RANK") or rank // local_world)
+    return Topology(
+        "outer-launch",
+        nnodes=max(world // local_world, 1),
+        node_rank=node_rank,
+        procs_per_node=local_world,
+        master_addr=environ["MASTER_ADDR"],
+        master_port=int(environ["MASTER_PORT"]),
+        outer=OuterLaunch(rank, local_rank, environ.get("TORCHELASTIC_RUN_ID") or "none"),
+    )
+
+
 def discover(settings: Settings, environ: Mapping[str, str] | None = None, gpus: int | None = None) -> Topology:
     env = dict(os.environ if environ is None else environ)
+    outer = outer_launch(env)
+    if outer is not None:  # the launch decided the ranks: FT_ topology settings have nothing left to say
+        return outer
     gpus = _visible_gpus() if gpus is None else gpus
     source, found = _from_scheduler(env, settings, gpus)
     nnodes = settings.num_nodes or found.get("nnodes", 1)

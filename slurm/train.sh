@@ -45,7 +45,10 @@ export FT_CACHE_DIR="${FT_CACHE_DIR:-/tmp/ftjob-cache-${USER:-$(id -un)}}"  # no
 export FT_CHECKPOINT_DIR="${FT_CHECKPOINT_DIR:-$HOME/ftjob/checkpoints}"
 # Every node must use the same run id; a requeued job keeps its id and its checkpoints.
 export FT_RUN_ID="${FT_RUN_ID:-slurm-${SLURM_JOB_ID}}"
-# Secrets (HF_TOKEN, AWS credentials) come from the submitting environment or AWS_PROFILE.
+# Secrets (HF_TOKEN, AWS credentials) come from the submitting environment or AWS_PROFILE;
+# without HF_TOKEN, the token `hf auth login` stored under HF_HOME. Hub models and datasets
+# go to the standard Hugging Face cache (HF_HOME, default ~/.cache/huggingface): point it at
+# a cache filled in advance, with HF_HUB_OFFLINE=1, on a cluster without internet.
 
 # --- below here nothing needs editing ---------------------------------------------------
 # The rendezvous host: the first node of the allocation. Each task's launcher reads its

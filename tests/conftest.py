@@ -6,17 +6,29 @@ of a few dozen words, saved the way a Hub checkpoint would be.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from job.settings import Settings
+# The job uses the standard Hugging Face caches and the token `hf auth login` stored: the
+# suite gets a Hugging Face home of its own, set before anything imports huggingface_hub or
+# datasets (they read it at import), so that no test reads the developer's token or cache,
+# nor writes into them. The tests started as subprocesses inherit it.
+for _variable in ("HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_TOKEN_PATH", "HF_XET_CACHE", "HF_ASSETS_CACHE"):
+    os.environ.pop(_variable, None)
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="ftjob-tests-hf-home-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
+
+from job.settings import Settings  # noqa: E402
 
 POSITIVE = ["great", "wonderful", "superb", "delightful", "brilliant", "moving"]
 NEGATIVE = ["awful", "boring", "dreadful", "tedious", "clumsy", "bland"]
@@ -173,11 +185,13 @@ def ft_env(root: Path, model: Path | str, dataset: Path | str | None = None, **v
 
 
 def clean_environ(*, keep_aws: bool = False) -> dict[str, str]:
-    """This process's environment without FT_*, AWS or token variables, offline: what a job
+    """This process's environment without FT_*, AWS or token variables, offline, with the suite's
+    own Hugging Face home (no stored token in it unless a test puts one there): what a job
     started by a test inherits, so nothing from the developer's shell configures it.
     `keep_aws`: the AWS variables a test's S3 fixture set stay."""
     dropped = ("FT_",) if keep_aws else ("FT_", "AWS_")
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(dropped) and k != "HF_TOKEN"}
+    tokens = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(dropped) and k not in tokens}
     return {**inherited, "HF_HUB_OFFLINE": "1"}
 
 
@@ -206,7 +220,8 @@ def run_cli(
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
     """No FT_* or token variables from the developer's shell, and no ./.env."""
     for name in list(os.environ):
-        if name.startswith(("FT_", "AWS_")) or name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
+        tokens = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")
+        if name.startswith(("FT_", "AWS_")) or name in (*tokens, "HF_ENDPOINT"):
             monkeypatch.delenv(name)
     # No host AWS config or instance metadata: only what a test sets is in the chain.
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))

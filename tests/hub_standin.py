@@ -1,8 +1,11 @@
 """A small local stand-in for the Hugging Face Hub API, enough for huggingface_hub's
-whoami, create_repo, create_branch, upload_folder and list_repo_commits to really run.
+whoami, create_repo, create_branch, upload_folder and list_repo_commits to really run, and
+for snapshot_download of a model (repo info, tree listing, file resolve).
 
 Repos live in memory. Tokens: `hf_writer` may write to the `acme` namespace and its
-own user; `hf_reader` is valid but read-only; anything else is unauthorized.
+own user; `hf_reader` is valid but read-only; anything else is unauthorized. A private
+repo is shown only with a valid token; without one the Hub answers 401 "repository not
+found", as the real one does.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -28,6 +32,16 @@ class Repo:
     private: bool
     branches: dict[str, dict[str, bytes]] = field(default_factory=lambda: {"main": {}})
     commits: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"main": []})
+    snapshots: dict[str, dict[str, bytes]] = field(default_factory=dict)  # commit id -> files
+
+    def head(self, revision: str) -> tuple[str, dict[str, bytes]] | None:
+        """The commit id and files of a branch or a commit id."""
+        if revision in self.snapshots:
+            return revision, self.snapshots[revision]
+        if revision in self.branches and self.commits.get(revision):
+            oid = self.commits[revision][-1]["id"]
+            return oid, self.snapshots.get(oid, self.branches[revision])
+        return None
 
 
 @dataclass
@@ -73,10 +87,73 @@ class _Handler(BaseHTTPRequestHandler):
         namespace = repo_id.split("/", maxsplit=1)[0]
         return namespace == user["name"] or namespace in user["orgs"]
 
+    def _readable(self, repo_id: str) -> Repo | None:
+        """The repo when this request may see it; else answers 401 "repository not found" (a
+        missing repo and a private one without a valid token look alike) and returns None."""
+        repo = self.state.repos.get(repo_id)
+        if repo is None or (repo.private and self._user() is None):
+            self._send(401, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            return None
+        return repo
+
+    def _files(self, path: str, *, body: bool) -> bool:
+        """Model repo routes that snapshot_download uses; False when `path` is none of them."""
+        parts = path.strip("/").split("/")
+        if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
+            repo = self._readable(f"{parts[2]}/{parts[3]}")
+            if repo is None:
+                return True
+            found = repo.head(parts[5])
+            if found is None:
+                self._send(404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"})
+                return True
+            oid, files = found
+            if parts[4] == "revision":
+                siblings = [{"rfilename": name} for name in sorted(files)]
+                self._send(
+                    200, {"id": f"{parts[2]}/{parts[3]}", "sha": oid, "private": repo.private, "siblings": siblings}
+                )
+            else:
+                listing = [
+                    {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                    for name, data in sorted(files.items())
+                ]
+                self._send(200, listing)
+            return True
+        if len(parts) >= 5 and parts[2] == "resolve":
+            repo = self._readable(f"{parts[0]}/{parts[1]}")
+            if repo is None:
+                return True
+            found = repo.head(parts[3])
+            name = "/".join(parts[4:])
+            if found is None or name not in found[1]:
+                self._send(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
+                return True
+            oid, files = found
+            data = files[name]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
+            self.send_header("X-Repo-Commit", oid)
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+            return True
+        return False
+
     # --- routes ---------------------------------------------------------------------
+    def do_HEAD(self) -> None:
+        path = unquote(urlparse(self.path).path)
+        self.state.requests.append(f"HEAD {path}")
+        if not self._files(path, body=False):
+            self.state.unknown.append(f"HEAD {self.path}")
+            self._error(404, f"stand-in: no route for HEAD {path}")
+
     def do_GET(self) -> None:
         path = unquote(urlparse(self.path).path)
         self.state.requests.append(f"GET {path}")
+        if self._files(path, body=True):
+            return None
         if path == "/api/whoami-v2":
             user = self._user()
             if user is None:
@@ -175,6 +252,7 @@ class _Handler(BaseHTTPRequestHandler):
             for name in deleted:
                 tree.pop(name, None)
             tree.update(files)
+            repo.snapshots[oid] = dict(tree)
             repo.commits[revision].append(
                 {
                     "id": oid,
@@ -196,6 +274,14 @@ class HubStandIn:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def add_model(self, repo_id: str, folder: Path, *, private: bool) -> None:
+        """A model repo holding the files of `folder` in one commit on main."""
+        files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        oid = hashlib.sha1(b"".join(name.encode() + data for name, data in files.items())).hexdigest()
+        repo = Repo(private=private, branches={"main": files}, snapshots={oid: dict(files)})
+        repo.commits["main"].append({"id": oid, "title": "initial", "message": "", "authors": [], "date": ""})
+        self.state.repos[repo_id] = repo
 
     def __enter__(self) -> HubStandIn:
         self.thread.start()

@@ -179,7 +179,7 @@ def hub(clean_env: pytest.MonkeyPatch) -> Iterator[HubStandIn]:
 def test_hub_rights_are_checked_without_creating_the_repo(make_settings, hub: HubStandIn, tmp_path: Path) -> None:
     data = write(tmp_path / "d" / "train.csv", rows("binary", 60))
     reader = make_settings(dataset=str(data.parent), output="hf://acme/m", hf_token="hf_reader")
-    with pytest.raises(StorageError, match=r"HF_TOKEN may not write to acme/m \(a read-only token\)"):
+    with pytest.raises(StorageError, match=r"token may not write to acme/m \(a read-only token\)"):
         check(reader)
 
     writer = make_settings(dataset=str(data.parent), output="hf://acme/m", hf_token="hf_writer", epochs=1)

@@ -85,9 +85,9 @@ def test_rerun_of_a_published_run_id_does_nothing(make_settings, hub: HubStandIn
 @pytest.mark.parametrize(
     ("token", "expected"),
     [
-        (None, "FT_OUTPUT=hf://acme/m: publishing to the Hub needs a token; set HF_TOKEN to a token with write access"),
-        ("hf_unknown", "FT_OUTPUT=hf://acme/m: HF_TOKEN was rejected by"),
-        ("hf_reader", "FT_OUTPUT=hf://acme/m: HF_TOKEN may not write to acme/m"),
+        (None, "FT_OUTPUT=hf://acme/m: publishing to the Hub needs a token with write access; set HF_TOKEN, or log in"),
+        ("hf_unknown", "FT_OUTPUT=hf://acme/m: the Hugging Face token was rejected by"),
+        ("hf_reader", "FT_OUTPUT=hf://acme/m: the Hugging Face token may not write to acme/m"),
     ],
 )
 def test_token_problems_stop_before_training(make_settings, hub, tmp_path: Path, token, expected) -> None:

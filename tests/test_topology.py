@@ -95,3 +95,20 @@ def test_settings_survive_the_hand_off_to_workers(clean_env: pytest.MonkeyPatch,
         clean_env.setenv(key, value)
     rebuilt = Settings(_env_file=None)  # type: ignore[call-arg]
     assert rebuilt.model_dump(exclude={"hf_token"}) == original.model_dump(exclude={"hf_token"})
+
+
+def test_a_process_started_by_torchrun_is_a_rank_of_its_launch() -> None:
+    env = {
+        "RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "GROUP_RANK": "1",
+        "MASTER_ADDR": "node0", "MASTER_PORT": "29400", "TORCHELASTIC_RUN_ID": "abc",
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+    }  # fmt: skip
+    topo = discover(settings(procs_per_node=2), environ=env, gpus=4)
+    assert (topo.source, topo.nnodes, topo.node_rank, topo.procs_per_node, topo.world_size) == (
+        "outer-launch", 2, 1, 4, 8,
+    )  # fmt: skip
+    assert topo.outer is not None and (topo.outer.rank, topo.outer.local_rank, topo.outer.run_id) == (5, 1, "abc")
+    assert discover(settings(), environ={k: v for k, v in env.items() if k != "LOCAL_RANK"}, gpus=4).outer is None
+    del env["TORCHELASTIC_USE_AGENT_STORE"]
+    with pytest.raises(ConfigError, match=r"^RANK, LOCAL_RANK and WORLD_SIZE are set but no elastic agent"):
+        discover(settings(), environ=env, gpus=4)

@@ -2,7 +2,8 @@
 
 The commit message names the run id and the headline metric; finding a commit
 with this run id's marker means the run was already published. The endpoint is
-the standard HF_ENDPOINT (default huggingface.co), the token HF_TOKEN.
+the standard HF_ENDPOINT (default huggingface.co), the token HF_TOKEN or the one
+`hf auth login` stored (storage.credentials).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from job.errors import StorageError
 from job.files import file_listing, write_json
 from job.logs import get_logger
 from job.settings import Settings
+from job.storage.credentials import TOKEN_HINT, hub_token
 from job.storage.folder import COMPLETE
 from job.storage.locations import Location
 from job.storage.outputs import completion_manifest
@@ -34,7 +36,7 @@ class HubOutput:
         self.revision = settings.hub_revision
         self.private = settings.hub_private
         self.run_id = settings.run_id
-        self.token = settings.hf_token.get_secret_value() if settings.hf_token else None
+        self.token = hub_token(settings)
         self.endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
         self.location = f"hf://{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
         self.model_ref = self.repo_id
@@ -59,13 +61,13 @@ class HubOutput:
             detail = (exc.server_message or str(exc)).strip().splitlines()[0][:200]
             if status == 401:
                 raise StorageError(
-                    f"FT_OUTPUT={self.location}: HF_TOKEN was rejected by {self.endpoint} ({detail}); "
+                    f"FT_OUTPUT={self.location}: the Hugging Face token was rejected by {self.endpoint} ({detail}); "
                     "create a token with write access"
                 ) from None
             if status == 403:
                 raise StorageError(
-                    f"FT_OUTPUT={self.location}: HF_TOKEN may not write to {self.repo_id} ({detail}); use a token "
-                    f"with write access to '{self.repo_id.split('/')[0]}'"
+                    f"FT_OUTPUT={self.location}: the Hugging Face token may not write to {self.repo_id} ({detail}); "
+                    f"use a token with write access to '{self.repo_id.split('/')[0]}'"
                 ) from None
             raise StorageError(f"FT_OUTPUT={self.location}: the Hub answered {status}: {detail}") from None
         except OSError as exc:  # connection refused, DNS, TLS
@@ -76,8 +78,7 @@ class HubOutput:
     def check_writable(self, *, dry_run: bool = False) -> None:
         if not self.token:
             raise StorageError(
-                f"FT_OUTPUT={self.location}: publishing to the Hub needs a token; set HF_TOKEN to a token with "
-                "write access"
+                f"FT_OUTPUT={self.location}: publishing to the Hub needs a token with write access; {TOKEN_HINT}"
             )
         with self._translated():
             me = self.api.whoami()
@@ -97,8 +98,8 @@ class HubOutput:
         if role == "read" or (role == "write" and namespace not in members):
             reason = "a read-only token" if role == "read" else f"the token's user is not a member of '{namespace}'"
             raise StorageError(
-                f"FT_OUTPUT={self.location}: HF_TOKEN may not write to {self.repo_id} ({reason}); use a token "
-                f"with write access to '{namespace}'"
+                f"FT_OUTPUT={self.location}: the Hugging Face token may not write to {self.repo_id} ({reason}); "
+                f"use a token with write access to '{namespace}'"
             )
 
     def is_complete(self) -> bool:

@@ -140,7 +140,7 @@ def _s3(value: str, variable: str) -> Location:
 
 # What the cache holds besides checkpoints: scratch that is rebuilt, wiped with the pod, or
 # removed when a run is published (runs/<run id>).
-CACHE_FOLDERS = ("runs", "prepared", "s3", "datasets", "hub")
+CACHE_FOLDERS = ("runs", "prepared", "s3")
 
 
 def check_apart(settings: Settings) -> None:
