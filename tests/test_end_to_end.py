@@ -79,7 +79,7 @@ def test_binary_run_produces_a_complete_verified_model(make_settings, tmp_path: 
     assert {"prepare", "train_and_evaluate", "verify", "to_first_step"} <= set(manifest["timings_s"])
 
     card = (run / "README.md").read_text()
-    assert "| f1_macro |" in card and f'pipeline("text-classification", model="{run}")' in card
+    assert "| f1_macro |" in card and f'"text-classification", model="{run}",' in card
 
     complete = json.loads((run / COMPLETE).read_text())
     listed = {f["path"]: f for f in complete["files"]}

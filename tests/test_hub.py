@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import clean_environ, ft_env, rows, write
 from hub_standin import HubStandIn
+from huggingface_hub import ModelCard
 from s3_helpers import sha256
 
 from job.errors import StorageError
@@ -61,19 +62,33 @@ def test_publish_creates_a_private_repo_with_one_commit(make_settings, hub: HubS
     assert result["task"]["type"] == "text-classification" and result["dataset"]["split"] == "validation"
     metrics = {m["type"]: m["value"] for m in result["metrics"]}
     assert metrics["f1_macro"] == pytest.approx(json.loads(files["metrics.json"])["validation"]["f1_macro"], rel=1e-5)
-    assert 'pipeline("text-classification", model="acme/sentiment")' in card
+    assert '"text-classification", model="acme/sentiment",' in card and "revision=" not in card
     assert not hub.state.unknown
 
 
 def test_branch_and_public_repo(make_settings, hub: HubStandIn, tmp_path: Path) -> None:
     settings = make_settings(
         dataset=data(tmp_path), output="hf://acme/public-model", hf_token="hf_writer", hub_private=False,
-        hub_revision="candidate", epochs=1,
+        hub_revision="candidate", epochs=1, license="apache-2.0", language="en",
     )  # fmt: skip
     assert main(settings)["location"] == "hf://acme/public-model@candidate"
     repo = hub.state.repos["acme/public-model"]
     assert not repo.private
     assert "model.safetensors" in repo.branches["candidate"] and set(repo.branches["main"]) == {".gitattributes"}
+
+    # The card on the branch: loadable from that branch, and naming nothing on this machine.
+    text = repo.branches["candidate"]["README.md"].decode()
+    assert 'model="acme/public-model", revision="candidate",' in text and "truncation=True" in text
+    assert str(tmp_path) not in text and "/tmp/" not in text and "s3://" not in text
+    (tmp_path / "card.md").write_text(text)
+    card = ModelCard.load(tmp_path / "card.md")
+    assert card.data.license == "apache-2.0" and card.data.language == ["en"] and card.data.base_model is None
+    metrics = json.loads(repo.branches["candidate"]["metrics.json"])
+    assert {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results} == {
+        (split, name): metrics[split][name]
+        for split in ("validation", "test")
+        for name in ("accuracy", "f1", "f1_macro", "precision", "recall", "mcc")
+    }
 
 
 def test_rerun_of_a_published_run_id_does_nothing(make_settings, hub: HubStandIn, tmp_path: Path) -> None:

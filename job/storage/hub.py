@@ -40,6 +40,7 @@ class HubOutput:
         self.endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
         self.location = f"hf://{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
         self.model_ref = self.repo_id
+        self.model_revision = self.revision
         self._api: Any = None
 
     @property
