@@ -1,9 +1,16 @@
-"""The model card (README.md in the model folder): results, labels, usage, provenance."""
+"""The model card (README.md in the model folder): results, labels, usage, provenance.
+
+The metadata block is huggingface_hub's own (ModelCardData, EvalResult), and the card is
+parsed back through ModelCard before it is written, so a card the Hub would misread fails
+the run here. The card names its inputs only by what a reader can use: a Hub id, or for a
+local folder or an S3 prefix just its last name; never a path on this machine or a bucket.
+"""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from job.charts import CONFUSION_MATRIX, PREDICTION_SCATTER, TRAINING_CURVES
 from job.labels import MULTI, REGRESSION
@@ -11,6 +18,9 @@ from job.redaction import redact_text
 from job.settings import Settings
 from job.storage import classify
 from job.trackers import TENSORBOARD_DIR
+
+if TYPE_CHECKING:
+    from huggingface_hub import EvalResult, ModelCardData
 
 _SHOWN_METRICS = {
     "single_label_classification": (
@@ -23,22 +33,80 @@ _SHOWN_METRICS = {
 }  # fmt: skip
 
 
-def render(settings: Settings, document: dict[str, Any], manifest: dict[str, Any], *, model_ref: str) -> str:
-    """The card's text, with the credentials of any URL in it masked."""
-    return redact_text(_render(settings, document, manifest, model_ref=model_ref))
+def render(
+    settings: Settings,
+    document: dict[str, Any],
+    manifest: dict[str, Any],
+    *,
+    model_ref: str,
+    model_revision: str | None = None,
+) -> str:
+    """The card's text, with the credentials of any URL in it masked. `model_ref` and
+    `model_revision`: what a reader passes to `pipeline` to load the published model."""
+    from huggingface_hub import ModelCard
+
+    model = _input(settings.model, "FT_MODEL", "model")
+    dataset = _input(settings.dataset, "FT_DATASET", "dataset")
+    body = _render(
+        settings, document, manifest, model=model, dataset=dataset, model_ref=model_ref, model_revision=model_revision
+    )
+    metadata = _card_data(settings, document, model=model, dataset=dataset).to_yaml()
+    card = ModelCard(f"---\n{metadata}\n---\n\n{body}")  # parsing validates the model-index
+    return redact_text(str(card))
 
 
-def _render(settings: Settings, document: dict[str, Any], manifest: dict[str, Any], *, model_ref: str) -> str:
+@dataclass(frozen=True)
+class _Input:
+    hub_id: str | None  # a Hub repo id a reader can load; None for a local folder or S3
+    name: str | None  # how the text names it: the Hub id, else the file or folder name alone
+
+
+def _input(value: str, variable: str, what: str) -> _Input:
+    try:
+        location = classify(value, variable, what=what)
+    except Exception:  # the card describes a finished run; an input gone since is named, not checked
+        location = None
+    if location is not None and location.kind == "hub":
+        return _Input(location.ref, location.ref)
+    if "://" in value:  # s3://bucket/prefix: the prefix's last part; a bucket alone stays unnamed
+        _, _, key = value.partition("://")[2].partition("/")
+        return _Input(None, key.strip("/").rsplit("/", 1)[-1] or None)
+    return _Input(None, Path(value).expanduser().resolve().name or None)
+
+
+def _model_phrase(model: _Input) -> str:
+    if model.hub_id:
+        return f"`{model.hub_id}`"
+    return f"a local model (`{model.name}`)" if model.name else "a local model"
+
+
+def _dataset_phrase(settings: Settings, dataset: _Input, rows: int) -> str:
+    if dataset.hub_id:
+        config = f" (`{settings.dataset_config}`)" if settings.dataset_config else ""
+        return f"`{dataset.hub_id}`{config} ({rows:,} training rows)"
+    named = f", `{dataset.name}`" if dataset.name else ""
+    return f"a private dataset{named} ({rows:,} training rows)"
+
+
+def _render(
+    settings: Settings,
+    document: dict[str, Any],
+    manifest: dict[str, Any],
+    *,
+    model: _Input,
+    dataset: _Input,
+    model_ref: str,
+    model_revision: str | None,
+) -> str:
     problem = document["problem_type"]
     data = manifest["data"]
     training = manifest["training"]
     files = set(manifest["files"])  # the charts that were drawn; a failed one is left out
     lines = [
-        *_front_matter(settings, document),
         f"# {settings.run_id}",
         "",
-        f"`{settings.model}` fine-tuned for {_task(problem, document['labels'])} on "
-        f"`{data['source']}` ({data['rows']['train']:,} training rows), by ftjob.",
+        f"Fine-tuned from {_model_phrase(model)} for {_task(problem, document['labels'])} on "
+        f"{_dataset_phrase(settings, dataset, data['rows']['train'])}, by ftjob.",
         "",
         "## Results",
         "",
@@ -65,15 +133,22 @@ def _render(settings: Settings, document: dict[str, Any], manifest: dict[str, An
         "from transformers import pipeline",
         "",
         *_download_hint(model_ref),
-        f'classifier = pipeline("text-classification", model="{_local_ref(model_ref)}"{_pipeline_kwargs(problem)})',
+        "classifier = pipeline(",
+        f'    "text-classification", model="{_local_ref(model_ref)}",'
+        + (f' revision="{model_revision}",' if model_revision else ""),
+        f"    truncation=True, max_length={data['max_length']},{_pipeline_kwargs(problem)}",
+        ")",
         f"print(classifier({_example_input(settings)}))",
         "```",
+        "",
+        f"The model was trained and evaluated on the first {data['max_length']} tokens of each input; "
+        "`truncation=True` cuts longer texts the same way (without it a longer text fails).",
         "",
         "## Training",
         "",
         "| setting | value |",
         "|---|---|",
-        f"| base model | `{settings.model}` |",
+        f"| base model | {_model_phrase(model)} |",
         f"| epochs / steps | {training.get('epochs')} / {training.get('steps')} |",
         f"| batch size (per device x accumulation x devices) | {settings.batch_size} x "
         f"{settings.gradient_accumulation_steps} x {training.get('world_size')} |",
@@ -181,52 +256,51 @@ def _value(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _front_matter(settings: Settings, document: dict[str, Any]) -> list[str]:
-    meta: list[str] = ["---", "library_name: transformers", "pipeline_tag: text-classification"]
-    meta += ["tags:", "- text-classification", "- ftjob"]
-    if _hub_id(settings.model, "FT_MODEL", "model"):
-        meta.append(f"base_model: {json.dumps(settings.model)}")
-    if _hub_id(settings.dataset, "FT_DATASET", "dataset"):
-        meta += ["datasets:", f"- {json.dumps(settings.dataset)}"]
-    meta += ["metrics:", f"- {document['headline']['metric']}"]
-    meta += _model_index(settings, document)
-    return [*meta, "---", ""]
+def _card_data(settings: Settings, document: dict[str, Any], *, model: _Input, dataset: _Input) -> ModelCardData:
+    """The metadata block: what the Hub indexes and shows (results widget, filters, lineage)."""
+    from huggingface_hub import ModelCardData
+
+    return ModelCardData(
+        base_model=model.hub_id,
+        datasets=[dataset.hub_id] if dataset.hub_id else None,
+        language=settings.language,
+        license=settings.license,
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tags=["text-classification", "ftjob"],
+        metrics=[document["headline"]["metric"]],
+        model_name=settings.run_id,
+        eval_results=_eval_results(settings, document, dataset),
+    )
 
 
-def _model_index(settings: Settings, document: dict[str, Any]) -> list[str]:
-    """`model-index` metadata: the Hub renders it as the model page's results widget."""
-    q = json.dumps  # JSON strings are valid YAML scalars, quoting included
-    lines = ["model-index:", f"- name: {q(settings.run_id)}", "  results:"]
-    for split in ("validation", "test"):
-        if split not in document:
-            continue
-        lines += [
-            "  - task:",
-            "      type: text-classification",
-            "      name: Text Classification",
-            "    dataset:",
-            f"      name: {q(settings.dataset)}",
-            f"      type: {q(settings.dataset)}",
-            *([f"      config: {q(settings.dataset_config)}"] if settings.dataset_config else []),
-            f"      split: {q(split)}",
-            "    metrics:",
-        ]
-        for name in _SHOWN_METRICS[document["problem_type"]]:
-            value = document[split].get(name)
-            if isinstance(value, float) and name != "loss":
-                lines += [
-                    f"    - type: {name}",
-                    f"      value: {value:.6g}",
-                    f"      name: {q(name + ' (' + split + ')')}",
-                ]
-    return lines
+def _eval_results(settings: Settings, document: dict[str, Any], dataset: _Input) -> list[EvalResult] | None:
+    """`model-index`: one result per split and metric, for the Hub's results widget."""
+    from huggingface_hub import EvalResult
 
-
-def _hub_id(value: str, variable: str, what: str) -> bool:
-    try:
-        return classify(value, variable, what=what).kind == "hub"
-    except Exception:
-        return False
+    # A private dataset has no id: `type` says so rather than guess a Hub dataset of that name.
+    common: dict[str, Any] = {
+        "task_type": "text-classification",
+        "task_name": "Text Classification",
+        "dataset_type": dataset.hub_id or "private",
+        "dataset_name": dataset.name or "private dataset",
+    }
+    if dataset.hub_id:
+        common.update(dataset_config=settings.dataset_config, dataset_revision=settings.dataset_revision)
+    results = [
+        EvalResult(
+            **common,
+            dataset_split=split,
+            metric_type=name,
+            metric_value=float(value),
+            metric_name=f"{name} ({split})",
+        )
+        for split in ("validation", "test")
+        if split in document
+        for name in _SHOWN_METRICS[document["problem_type"]]
+        if name != "loss" and isinstance(value := document[split].get(name), float)
+    ]
+    return results or None
 
 
 def _label_table(document: dict[str, Any]) -> list[str]:
@@ -258,9 +332,9 @@ def _download_hint(model_ref: str) -> list[str]:
 
 def _pipeline_kwargs(problem: str) -> str:
     if problem == MULTI:
-        return ', top_k=None, function_to_apply="sigmoid"'
+        return ' top_k=None, function_to_apply="sigmoid",'
     if problem == REGRESSION:
-        return ', function_to_apply="none"'
+        return ' function_to_apply="none",'
     return ""
 
 

@@ -243,7 +243,9 @@ def _describe(
         search=trained.searched,
     )
     write_json(staging / artifacts.RUN_MANIFEST, manifest)
-    card_text = card.render(trained.settings, document, manifest, model_ref=output.model_ref)
+    card_text = card.render(
+        trained.settings, document, manifest, model_ref=output.model_ref, model_revision=output.model_revision
+    )
     (staging / "README.md").write_text(card_text)
 
 

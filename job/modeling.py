@@ -103,6 +103,25 @@ def load_tokenizer(path: Path, settings: Settings) -> PreTrainedTokenizerBase:
         raise ConfigError(_load_failure(settings, "tokenizer", exc)) from None
 
 
+# What from_pretrained records about how this process read the tokenizer, and save_pretrained
+# writes back: `local_files_only` (the job loads offline) and `is_local` describe this job's
+# cache, not the tokenizer, and would read as settings to whoever loads the published model.
+_LOAD_TIME_KEYS = ("local_files_only", "is_local", "cache_dir", "token", "_commit_hash")
+
+
+def strip_load_options(folder: Path) -> None:
+    """Drop the load-time keys from the tokenizer_config.json that save_pretrained wrote to `folder`."""
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if not any(key in config for key in _LOAD_TIME_KEYS):
+        return
+    kept = {k: v for k, v in config.items() if k not in _LOAD_TIME_KEYS}
+    # The layout save_pretrained writes, so the file reads as the library's own.
+    path.write_text(json.dumps(kept, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def load_model(path: Path, settings: Settings, labels: LabelSpec) -> PreTrainedModel:
     """The pretrained encoder with a new classification head for `labels`; every encoder weight
     must come from the file, as stated: ConfigError naming the ones that do not."""

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, StringConstraints, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "FT_"
@@ -121,6 +121,9 @@ def _search_choices(value: Any) -> Any:
 
 
 CommaList = Annotated[list[str] | None, NoDecode, BeforeValidator(_split_list)]
+# Hub language tags: ISO 639 codes, optionally with a region or script (`pt-BR`), or `multilingual`.
+LanguageCode = Annotated[str, StringConstraints(pattern=r"^([a-z]{2,3}(-[A-Za-z0-9]{2,8})*|multilingual)$")]
+LanguageList = Annotated[list[LanguageCode] | None, NoDecode, BeforeValidator(_split_list)]
 SplitMapping = Annotated[dict[str, str] | None, NoDecode, BeforeValidator(_split_mapping)]
 TrackerList = Annotated[list[Tracker] | None, NoDecode, BeforeValidator(_split_trackers)]
 OptionalStr = Annotated[str | None, BeforeValidator(_blank_to_none)]
@@ -618,6 +621,22 @@ class Settings(BaseSettings):
         "`pip install 'ftjob[tensorboard]'`. Unset: none.",
         default=None,
         allowed=f"comma-separated tracker names: {', '.join(TRACKERS)} (or none)",
+    )
+
+    license: OptionalStr = _field(
+        "reporting",
+        "License of the fine-tuned model, as a Hub license id (`apache-2.0`, `mit`, `cc-by-4.0`, ...), for the "
+        "model card's metadata. Mind the base model's and the data's licenses. Unset: none stated.",
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9.+-]*$",
+        allowed="a Hub license id in lower case, e.g. apache-2.0",
+    )
+    language: LanguageList = _field(
+        "reporting",
+        "Languages of the training texts, as ISO 639 codes (`en`, `de,fr`), for the model card's metadata. "
+        "Unset: none stated.",
+        default=None,
+        allowed="comma-separated ISO 639-1/2/3 codes (e.g. en or de,fr), or multilingual",
     )
 
     @model_validator(mode="after")

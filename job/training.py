@@ -33,7 +33,7 @@ from job.class_weights import WeightedLoss, class_weights
 from job.errors import TrainingError
 from job.labels import LABELS, MULTI
 from job.logs import get_logger
-from job.modeling import load_model, load_tokenizer
+from job.modeling import load_model, load_tokenizer, strip_load_options
 from job.preemption import StopRequest
 from job.prepare import PreparedData
 from job.results import Prediction, TrainOutcome
@@ -128,6 +128,7 @@ def train_and_evaluate(
     if trainer.is_world_process_zero():
         # A pickle of TrainingArguments: unsafe to load, and the run manifest says more.
         (staging / "training_args.bin").unlink(missing_ok=True)
+        strip_load_options(staging)
 
     stats = _throughput(trainer, result.metrics)
     stats.update(

@@ -1,11 +1,13 @@
 """A small local stand-in for the Hugging Face Hub API, enough for huggingface_hub's
-whoami, create_repo, create_branch, upload_folder and list_repo_commits to really run, and
-for snapshot_download of a model (repo info, tree listing, file resolve).
+whoami, create_repo, create_branch, upload_folder (with delete_patterns), list_repo_tree
+/ list_repo_files and list_repo_commits to really run, and for snapshot_download of a
+model (repo info, tree listing, file resolve).
 
-Repos live in memory. Tokens: `hf_writer` may write to the `acme` namespace and its
-own user; `hf_reader` is valid but read-only; anything else is unauthorized. A private
-repo is shown only with a valid token; without one the Hub answers 401 "repository not
-found", as the real one does.
+Repos live in memory. Like the Hub, a new repo starts with one commit holding
+`.gitattributes`. Tokens: `hf_writer` may write to the `acme` namespace and its own user;
+`hf_reader` is valid but read-only; anything else is unauthorized. A private repo is
+shown only with a valid token; without one the Hub answers 401 "repository not found",
+as the real one does.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
+
+# What the Hub writes into a new repo's first commit (abridged: the LFS rules for weights).
+GITATTRIBUTES = b"*.bin filter=lfs diff=lfs merge=lfs -text\n*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 
 TOKENS = {
     "hf_writer": {"name": "writer", "orgs": ["acme"], "role": "write"},
@@ -30,8 +35,10 @@ TOKENS = {
 @dataclass
 class Repo:
     private: bool
-    branches: dict[str, dict[str, bytes]] = field(default_factory=lambda: {"main": {}})
-    commits: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"main": []})
+    branches: dict[str, dict[str, bytes]] = field(default_factory=lambda: {"main": {".gitattributes": GITATTRIBUTES}})
+    commits: dict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: {"main": [_commit_entry(hashlib.sha1(GITATTRIBUTES).hexdigest(), "initial commit")]}
+    )
     snapshots: dict[str, dict[str, bytes]] = field(default_factory=dict)  # commit id -> files
 
     def head(self, revision: str) -> tuple[str, dict[str, bytes]] | None:
@@ -42,6 +49,45 @@ class Repo:
             oid = self.commits[revision][-1]["id"]
             return oid, self.snapshots.get(oid, self.branches[revision])
         return None
+
+
+def _commit_entry(oid: str, title: str, message: str = "", author: str | None = None) -> dict[str, Any]:
+    """One commit as GET /api/models/{repo}/commits/{rev} lists it."""
+    return {
+        "id": oid,
+        "title": title,
+        "message": message,
+        "authors": [{"user": author}] if author else [],
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    }
+
+
+def _blob_oid(content: bytes) -> str:
+    """The git blob id the Hub reports as a file's `oid`."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def _tree(files: dict[str, bytes], folder: str, *, recursive: bool) -> list[dict[str, Any]] | None:
+    """GET /api/models/{repo}/tree/{rev}/{folder}: the folder's files and subfolders (with
+    `recursive`, everything below it); None when nothing lies under `folder`."""
+    prefix = f"{folder}/" if folder else ""
+    below = sorted(path for path in files if path.startswith(prefix))
+    if folder and not below:
+        return None
+    entries: dict[str, dict[str, Any]] = {}
+    for path in below:
+        parts = path[len(prefix) :].split("/")
+        # Without `recursive` only the folder's own children: a deeper file shows as its first folder.
+        folders = len(parts) - 1 if recursive else min(1, len(parts) - 1)
+        for i in range(1, folders + 1):
+            sub = prefix + "/".join(parts[:i])
+            inside = "".join(p for p in below if p.startswith(sub + "/")).encode()
+            entries.setdefault(
+                sub, {"type": "directory", "oid": hashlib.sha1(inside).hexdigest(), "size": 0, "path": sub}
+            )
+        if recursive or len(parts) == 1:
+            entries[path] = {"type": "file", "oid": _blob_oid(files[path]), "size": len(files[path]), "path": path}
+    return list(entries.values())
 
 
 @dataclass
@@ -73,8 +119,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _error(self, status: int, message: str) -> None:
-        self._send(status, {"error": message}, {"X-Error-Message": message})
+    def _error(self, status: int, message: str, *, code: str | None = None) -> None:
+        headers = {"X-Error-Message": message, **({"X-Error-Code": code} if code else {})}
+        self._send(status, {"error": message}, headers)
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -99,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _files(self, path: str, *, body: bool) -> bool:
         """Model repo routes that snapshot_download uses; False when `path` is none of them."""
         parts = path.strip("/").split("/")
-        if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] in ("revision", "tree"):
+        if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] == "revision":
             repo = self._readable(f"{parts[2]}/{parts[3]}")
             if repo is None:
                 return True
@@ -108,17 +155,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, {"error": "Revision not found"}, {"X-Error-Code": "RevisionNotFound"})
                 return True
             oid, files = found
-            if parts[4] == "revision":
-                siblings = [{"rfilename": name} for name in sorted(files)]
-                self._send(
-                    200, {"id": f"{parts[2]}/{parts[3]}", "sha": oid, "private": repo.private, "siblings": siblings}
-                )
-            else:
-                listing = [
-                    {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
-                    for name, data in sorted(files.items())
-                ]
-                self._send(200, listing)
+            siblings = [{"rfilename": name} for name in sorted(files)]
+            self._send(200, {"id": f"{parts[2]}/{parts[3]}", "sha": oid, "private": repo.private, "siblings": siblings})
             return True
         if len(parts) >= 5 and parts[2] == "resolve":
             repo = self._readable(f"{parts[0]}/{parts[1]}")
@@ -168,17 +206,38 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
         parts = path.strip("/").split("/")
+        if len(parts) >= 6 and parts[:2] == ["api", "models"] and parts[4] == "tree":
+            return self._list_tree()
         # /api/models/{ns}/{name}/commits/{rev}
         if len(parts) >= 6 and parts[:2] == ["api", "models"] and parts[4] == "commits":
             repo = self.state.repos.get(f"{parts[2]}/{parts[3]}")
             if repo is None:
-                return self._error(404, "Repository not found")
+                return self._error(404, "Repository not found", code="RepoNotFound")
             revision = "/".join(parts[5:])
             if revision not in repo.commits:
-                return self._error(404, "Revision not found")
+                return self._error(404, "Revision not found", code="RevisionNotFound")
             return self._send(200, list(reversed(repo.commits[revision])))
         self.state.unknown.append(f"GET {self.path}")
         return self._error(404, f"stand-in: no route for GET {path}")
+
+    def _list_tree(self) -> None:
+        """/api/models/{ns}/{name}/tree/{rev}[/{folder}]?recursive=...: huggingface_hub quotes the
+        revision as one segment (`a%2Fb`), so it is split off before unquoting. One page: the
+        Hub pages at 1000 entries, more than these repos hold."""
+        url = urlparse(self.path)
+        raw = url.path.strip("/").split("/")
+        repo = self._readable(f"{unquote(raw[2])}/{unquote(raw[3])}")
+        if repo is None:
+            return None
+        revision, folder = unquote(raw[5]), unquote("/".join(raw[6:]))
+        found = repo.head(revision)  # a branch or a commit id (snapshot_download asks by commit)
+        if found is None:
+            return self._error(404, f"Invalid rev id: {revision}", code="RevisionNotFound")
+        recursive = parse_qs(url.query).get("recursive", ["false"])[0].lower() == "true"
+        entries = _tree(found[1], folder, recursive=recursive)
+        if entries is None:
+            return self._error(404, f"{folder} does not exist on {revision}", code="EntryNotFound")
+        return self._send(200, entries)
 
     def do_POST(self) -> None:
         path = unquote(urlparse(self.path).path)
@@ -232,7 +291,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, f"Revision {revision} not found")
         header: dict[str, Any] = {}
         files: dict[str, bytes] = {}
-        deleted: list[str] = []
+        deleted: list[tuple[str, bool]] = []
         for line in body.decode().splitlines():
             if not line.strip():
                 continue
@@ -243,24 +302,25 @@ class _Handler(BaseHTTPRequestHandler):
                 value = item["value"]
                 files[value["path"]] = base64.b64decode(value["content"])
             elif item["key"] in ("deletedFile", "deletedFolder"):
-                deleted.append(item["value"]["path"])
+                deleted.append((item["value"]["path"].rstrip("/"), item["key"] == "deletedFolder"))
             else:
                 return self._error(400, f"stand-in: unsupported commit operation {item['key']}")
         oid = hashlib.sha1(body).hexdigest()
         with self.lock:
-            tree = repo.branches[revision]
-            for name in deleted:
-                tree.pop(name, None)
+            # One commit: every deletion and addition lands together, or (a missing path) none.
+            tree = dict(repo.branches[revision])
+            for name, folder in deleted:
+                gone = [p for p in tree if p.startswith(name + "/")] if folder else [name] if name in tree else []
+                if not gone:
+                    return self._error(404, f"{name} does not exist on {revision}", code="EntryNotFound")
+                for path in gone:
+                    del tree[path]
             tree.update(files)
             repo.snapshots[oid] = dict(tree)
+            repo.branches[revision] = tree
+            author = (self._user() or {}).get("name")
             repo.commits[revision].append(
-                {
-                    "id": oid,
-                    "title": header.get("summary", ""),
-                    "message": header.get("description", ""),
-                    "authors": [{"user": (self._user() or {}).get("name")}],
-                    "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                }
+                _commit_entry(oid, header.get("summary", ""), header.get("description", ""), author)
             )
         return self._send(200, {"commitUrl": f"http://{self.headers['Host']}/{repo_id}/commit/{oid}", "commitOid": oid})
 

@@ -47,6 +47,10 @@ def test_binary_run_produces_a_complete_verified_model(make_settings, tmp_path: 
     assert config["id2label"] == {"0": "0", "1": "1"} and config["problem_type"] == "single_label_classification"
     assert (run / "model.safetensors").is_file() and not list(run.glob("*.bin"))
     assert (run / "tokenizer.json").is_file()
+    # The run loaded the tokenizer offline; how it loaded it is not part of the published tokenizer.
+    tokenizer_config = json.loads((run / "tokenizer_config.json").read_text())
+    assert not {"local_files_only", "is_local", "cache_dir", "token"} & set(tokenizer_config)
+    assert tokenizer_config["tokenizer_class"] and tokenizer_config["model_max_length"] == 64
 
     # Test predictions: one line per test row, in source order, and the saved model agrees.
     predictions = read_jsonl(run / "test_predictions.jsonl")
@@ -75,7 +79,7 @@ def test_binary_run_produces_a_complete_verified_model(make_settings, tmp_path: 
     assert {"prepare", "train_and_evaluate", "verify", "to_first_step"} <= set(manifest["timings_s"])
 
     card = (run / "README.md").read_text()
-    assert "| f1_macro |" in card and f'pipeline("text-classification", model="{run}")' in card
+    assert "| f1_macro |" in card and f'"text-classification", model="{run}",' in card
 
     complete = json.loads((run / COMPLETE).read_text())
     listed = {f["path"]: f for f in complete["files"]}

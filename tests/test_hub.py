@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import clean_environ, ft_env, rows, write
 from hub_standin import HubStandIn
+from huggingface_hub import ModelCard
 from s3_helpers import sha256
 
 from job.errors import StorageError
@@ -45,12 +46,13 @@ def test_publish_creates_a_private_repo_with_one_commit(make_settings, hub: HubS
     assert summary["location"] == "hf://acme/sentiment"
     repo = hub.state.repos["acme/sentiment"]
     assert repo.private
-    (commit,) = repo.commits["main"]
+    initial, commit = repo.commits["main"]  # the Hub's own first commit, then the run's
+    assert initial["title"] == "initial commit"
     assert commit["title"].startswith("ftjob run test-run: f1_macro=") and "on validation" in commit["title"]
 
     files = repo.branches["main"]
     listing = json.loads(files[COMPLETE])["files"]
-    assert {f["path"] for f in listing} == set(files) - {COMPLETE}
+    assert {f["path"] for f in listing} == set(files) - {COMPLETE, ".gitattributes"}
     for entry in listing:  # byte for byte what the job wrote and verified
         assert sha256(files[entry["path"]]) == entry["sha256"] and len(files[entry["path"]]) == entry["size"]
 
@@ -60,26 +62,67 @@ def test_publish_creates_a_private_repo_with_one_commit(make_settings, hub: HubS
     assert result["task"]["type"] == "text-classification" and result["dataset"]["split"] == "validation"
     metrics = {m["type"]: m["value"] for m in result["metrics"]}
     assert metrics["f1_macro"] == pytest.approx(json.loads(files["metrics.json"])["validation"]["f1_macro"], rel=1e-5)
-    assert 'pipeline("text-classification", model="acme/sentiment")' in card
+    assert '"text-classification", model="acme/sentiment",' in card and "revision=" not in card
     assert not hub.state.unknown
 
 
 def test_branch_and_public_repo(make_settings, hub: HubStandIn, tmp_path: Path) -> None:
     settings = make_settings(
         dataset=data(tmp_path), output="hf://acme/public-model", hf_token="hf_writer", hub_private=False,
-        hub_revision="candidate", epochs=1,
+        hub_revision="candidate", epochs=1, license="apache-2.0", language="en",
     )  # fmt: skip
     assert main(settings)["location"] == "hf://acme/public-model@candidate"
     repo = hub.state.repos["acme/public-model"]
     assert not repo.private
-    assert "model.safetensors" in repo.branches["candidate"] and not repo.branches["main"]
+    assert "model.safetensors" in repo.branches["candidate"] and set(repo.branches["main"]) == {".gitattributes"}
+
+    # The card on the branch: loadable from that branch, and naming nothing on this machine.
+    text = repo.branches["candidate"]["README.md"].decode()
+    assert 'model="acme/public-model", revision="candidate",' in text and "truncation=True" in text
+    assert str(tmp_path) not in text and "/tmp/" not in text and "s3://" not in text
+    (tmp_path / "card.md").write_text(text)
+    card = ModelCard.load(tmp_path / "card.md")
+    assert card.data.license == "apache-2.0" and card.data.language == ["en"] and card.data.base_model is None
+    metrics = json.loads(repo.branches["candidate"]["metrics.json"])
+    assert {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results} == {
+        (split, name): metrics[split][name]
+        for split in ("validation", "test")
+        for name in ("accuracy", "f1", "f1_macro", "precision", "recall", "mcc")
+    }
 
 
 def test_rerun_of_a_published_run_id_does_nothing(make_settings, hub: HubStandIn, tmp_path: Path) -> None:
     settings = make_settings(dataset=data(tmp_path), output="hf://acme/again", hf_token="hf_writer", epochs=1)
     main(settings)
     assert main(settings)["status"] == "already_complete"
-    assert len(hub.state.repos["acme/again"].commits["main"]) == 1
+    assert len(hub.state.repos["acme/again"].commits["main"]) == 2  # the repo's first commit and the run
+
+
+def test_a_branch_holds_exactly_the_latest_run(make_settings, hub: HubStandIn, tmp_path: Path) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url, token="hf_writer")
+    api.create_repo("acme/branchy")
+    api.upload_file(path_or_fileobj=b"keep me", path_in_repo="docs/notes.md", repo_id="acme/branchy")
+    main_before = dict(hub.state.repos["acme/branchy"].branches["main"])
+    common = {"dataset": data(tmp_path), "output": "hf://acme/branchy", "hf_token": "hf_writer", "epochs": 1}
+    # The first run leaves more: TensorBoard events in a folder, and the charts.
+    main(make_settings(**common, hub_revision="candidate", run_id="first", report_to="tensorboard"))
+    first = set(hub.state.repos["acme/branchy"].branches["candidate"])
+    assert any(name.startswith("tensorboard/") for name in first) and "training_curves.png" in first
+    assert "docs/notes.md" not in first  # the branch started from main, but holds only the run
+
+    main(make_settings(**common, hub_revision="candidate", run_id="second", charts=False))
+    repo = hub.state.repos["acme/branchy"]
+    branch = repo.branches["candidate"]
+    listed = {f["path"] for f in json.loads(branch[COMPLETE])["files"]}
+    assert set(branch) == listed | {COMPLETE, ".gitattributes"}
+    assert not any(name.startswith("tensorboard/") or name.endswith(".png") for name in branch)
+    assert json.loads(branch["run_manifest.json"])["run_id"] == "second"
+    assert repo.branches["main"] == main_before  # the other branch is untouched
+    # Deletions and additions were one commit: the run's.
+    assert [c["title"].split(":")[0] for c in repo.commits["candidate"][-2:]] == ["ftjob run first", "ftjob run second"]
+    assert not hub.state.unknown
 
 
 @pytest.mark.parametrize(

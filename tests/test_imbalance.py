@@ -28,46 +28,86 @@ def _rows(positives: int, negatives: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
-def _run(tmp_path: Path, model: Path, data: Path, setting: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+POSITIVES, NEGATIVES = 12, 228  # 19:1 in training, above the automatic ratio
+
+
+@pytest.fixture(scope="module")
+def imbalanced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Training rows 19:1; validation and test balanced, so a model that ignores the small
+    class shows it."""
+    data = tmp_path_factory.mktemp("imbalanced")
+    write(data / "train.jsonl", _rows(POSITIVES, NEGATIVES, seed=1))
+    write(data / "validation.jsonl", _rows(30, 30, seed=2))
+    write(data / "test.jsonl", _rows(30, 30, seed=3))
+    return data
+
+
+def _run(root: Path, model: Path, data: Path, **settings: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    run_id = "-".join(settings.values())
     env = ft_env(
-        tmp_path,
+        root,
         model,
         data,
-        FT_RUN_ID=f"weights-{setting}",
-        FT_CLASS_WEIGHTS=setting,
+        FT_RUN_ID=run_id,
         FT_EPOCHS="2",
         FT_BATCH_SIZE="16",
-        # Short and gentle: enough to move the decision bias, not to learn the words.
+        # Short and gentle: enough to move the decision bias, not enough to learn the words well.
         FT_LEARNING_RATE="2e-3",
         FT_WARMUP_RATIO="0",
         FT_SEED="3",
+        FT_CHARTS="false",
+        **settings,
     )
-    result, events = run_cli(env=env, cwd=tmp_path)
+    result, events = run_cli(env=env, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "outputs" / f"weights-{setting}" / "metrics.json").read_text())
-    return metrics["validation"], events
+    return json.loads((root / "outputs" / run_id / "metrics.json").read_text()), events
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, imbalanced: Path) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("plain")
+    metrics, events = _run(root, tiny_model, imbalanced, FT_CLASS_WEIGHTS="none", FT_DECISION_THRESHOLDS="fixed")
+    assert not any(e["event"] in ("train.class_weights", "train.thresholds") for e in events)
+    assert "decision_thresholds" not in metrics
+    return metrics
 
 
 @pytest.mark.slow
-def test_weighted_loss_finds_the_small_class_that_plain_loss_ignores(tmp_path: Path, tiny_model: Path) -> None:
-    positives, negatives = 12, 228  # 19:1, above the automatic ratio
-    assert negatives / positives >= IMBALANCE_RATIO
-    data = tmp_path / "data"
-    write(data / "train.jsonl", _rows(positives, negatives, seed=1))
-    write(data / "validation.jsonl", _rows(30, 30, seed=2))
-
-    plain, plain_events = _run(tmp_path, tiny_model, data, "none")
-    weighted, events = _run(tmp_path, tiny_model, data, "auto")
-
+def test_weighted_loss_finds_the_small_class_that_plain_loss_ignores(
+    tmp_path: Path, tiny_model: Path, imbalanced: Path, plain: dict[str, Any]
+) -> None:
+    assert NEGATIVES / POSITIVES >= IMBALANCE_RATIO
+    weighted, events = _run(tmp_path, tiny_model, imbalanced, FT_CLASS_WEIGHTS="auto", FT_DECISION_THRESHOLDS="fixed")
     chosen = next(e for e in events if e["event"] == "train.class_weights")
-    rows = positives + negatives
-    expected = {"0": rows / (2 * negatives), "1": rows / (2 * positives)}
-    assert chosen["weights"] == pytest.approx(expected, abs=1e-3)
-    assert not any(e["event"] == "train.class_weights" for e in plain_events)
+    rows = POSITIVES + NEGATIVES
+    assert chosen["weights"] == pytest.approx({"0": rows / (2 * NEGATIVES), "1": rows / (2 * POSITIVES)}, abs=1e-3)
     # The plain loss settles on the large class; the weighted one finds the small one.
-    print("RESULT", plain["recall"], weighted["recall"], plain["f1_macro"], weighted["f1_macro"])
-    assert weighted["recall"] >= plain["recall"] + 0.3, (plain, weighted)
-    assert weighted["f1_macro"] > plain["f1_macro"], (plain, weighted)
+    for split in ("validation", "test"):
+        assert weighted[split]["recall"] >= plain[split]["recall"] + 0.3, (split, plain[split], weighted[split])
+        assert weighted[split]["f1_macro"] > plain[split]["f1_macro"], split
+
+
+@pytest.mark.slow
+def test_tuned_threshold_decides_test_and_predict(
+    tmp_path: Path, tiny_model: Path, imbalanced: Path, plain: dict[str, Any]
+) -> None:
+    tuned, events = _run(tmp_path, tiny_model, imbalanced, FT_CLASS_WEIGHTS="none", FT_DECISION_THRESHOLDS="tune")
+    cut = tuned["decision_thresholds"]["1"]
+    assert next(e for e in events if e["event"] == "train.thresholds")["thresholds"] == {"1": cut}
+    assert cut < 0.5  # the plain loss keeps the small class's probabilities low
+    # Unseen rows (test) gain from the cut chosen on validation.
+    assert tuned["test"]["f1_macro"] >= plain["test"]["f1_macro"] + 0.1, (plain["test"], tuned["test"])
+    run = tmp_path / "outputs" / "none-tune"
+    assert json.loads((run / "config.json").read_text())["decision_thresholds"] == {"1": cut}
+
+    # predict reads the cut from the model's config: the same decisions as the run's own test predictions.
+    env = ft_env(tmp_path, run, imbalanced / "test.jsonl", FT_RUN_ID="scored", FT_OUTPUT=str(tmp_path / "scored"))
+    result, _ = run_cli("predict", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    predicted = [json.loads(line) for line in (tmp_path / "scored" / "scored" / "predictions.jsonl").open()]
+    own = [json.loads(line) for line in (run / "test_predictions.jsonl").open()]
+    assert [r["label"] for r in predicted] == [r["label"] for r in own]
+    assert any(r["label"] == "1" and r["score"] < 0.5 for r in predicted)  # decided by the cut, not by argmax
 
 
 def test_balanced_weights_average_one_over_the_training_rows() -> None:

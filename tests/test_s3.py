@@ -45,7 +45,10 @@ def test_dataset_in_and_model_out_round_trip(make_settings, s3, bucket: str, tmp
         assert entry["sha256"] == sha256(published[entry["path"]])
     assert manifest["message"].startswith("f1_macro=")
     assert {"model.safetensors", "config.json", "tokenizer.json", "metrics.json", "README.md"} <= set(published)
-    assert "aws s3 cp --recursive s3://" in published["README.md"].decode()
+    card = published["README.md"].decode()
+    assert "aws s3 cp --recursive s3://" in card
+    # The data is named by its prefix's last part: not its bucket, nor where the job mirrored it.
+    assert "a private dataset, `reviews` (" in card and "sets/reviews" not in card and "/s3/" not in card
 
     # What was uploaded is a working model.
     local = tmp_path / "downloaded"

@@ -1,9 +1,11 @@
 """Publishing to a Hugging Face Hub model repository: one commit per run.
 
 The commit message names the run id and the headline metric; finding a commit
-with this run id's marker means the run was already published. The endpoint is
-the standard HF_ENDPOINT (default huggingface.co), the token HF_TOKEN or the one
-`hf auth login` stored (storage.credentials).
+with this run id's marker means the run was already published. The commit also deletes
+every file of the branch that this run did not write (an earlier run's search trials or
+TensorBoard events), so the branch holds exactly one run. The endpoint is the standard
+HF_ENDPOINT (default huggingface.co), the token HF_TOKEN or the one `hf auth login`
+stored (storage.credentials).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class HubOutput:
         self.endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
         self.location = f"hf://{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
         self.model_ref = self.repo_id
+        self.model_revision = self.revision
         self._api: Any = None
 
     @property
@@ -123,6 +126,9 @@ class HubOutput:
                 repo_id=self.repo_id,
                 folder_path=str(staging),
                 revision=self.revision,
+                # Remote files not in this upload go in the same commit; huggingface_hub keeps
+                # .gitattributes, which the Hub needs for LFS.
+                delete_patterns="*",
                 commit_message=f"{commit_marker(self.run_id)} {message}",
                 commit_description=f"Published by ftjob. Files: {len(files)}; see {COMPLETE} for sizes and sha256.",
             )

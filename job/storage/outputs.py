@@ -22,6 +22,7 @@ log = get_logger("job.storage.outputs")
 class Output(Protocol):
     location: str  # where the finished run lives, for people and logs
     model_ref: str  # what to pass to from_pretrained / pipeline
+    model_revision: str | None  # and the revision to pass with it (a Hub branch), if any
 
     def check_writable(self, *, dry_run: bool = False) -> None:
         """Fail now, before training, if publishing would fail later; a dry run leaves nothing behind."""
@@ -59,6 +60,7 @@ class FolderOutput:
         self.root = root
         self.run = root.child(run_id)
         self.location = self.model_ref = self.run.location
+        self.model_revision = None
         # A local run folder appears in one rename when it is published, so the folder above is
         # the one to probe; object stores have no folders, and policies may grant per run prefix.
         self._probe = self.run if probe_run else self.root
