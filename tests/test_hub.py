@@ -87,7 +87,7 @@ def test_branch_and_public_repo(make_settings, hub: HubStandIn, tmp_path: Path) 
     assert {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results} == {
         (split, name): metrics[split][name]
         for split in ("validation", "test")
-        for name in ("accuracy", "f1", "f1_macro", "precision", "recall", "mcc")
+        for name in ("accuracy", "f1", "f1_macro", "precision", "recall", "mcc", "roc_auc", "pr_auc")
     }
 
 
