@@ -144,6 +144,7 @@ def _render(
         f"The model was trained and evaluated on the first {data['max_length']} tokens of each input; "
         "`truncation=True` cuts longer texts the same way (without it a longer text fails).",
         "",
+        *_threshold_note(document),
         "## Training",
         "",
         "| setting | value |",
@@ -350,3 +351,18 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def _threshold_note(document: dict[str, Any]) -> list[str]:
+    """The pipeline decides by argmax (0.5 per label); the metrics above used the tuned cuts."""
+    cuts = document.get("decision_thresholds")
+    if not cuts:
+        return []
+    listed = ", ".join(f"`{name}` above {cut:.4f}" for name, cut in cuts.items())
+    return [
+        f"The scores above decide with thresholds tuned on the validation split: {listed} "
+        "(stored as `decision_thresholds` in `config.json`; `python -m job predict` applies them). "
+        "The pipeline decides by the highest score instead: compare the label's score with its threshold "
+        "to get the same decisions.",
+        "",
+    ]

@@ -108,6 +108,7 @@ def test_tuned_threshold_decides_test_and_predict(
     assert tuned["test"]["f1_macro"] >= weighted["test"]["f1_macro"] + 0.1, (weighted["test"], tuned["test"])
     run = tmp_path / "outputs" / "auto-tune"
     assert json.loads((run / "config.json").read_text())["decision_thresholds"] == {"1": cut}
+    assert f"`1` above {cut:.4f}" in (run / "README.md").read_text()  # the card says how to apply it
 
     # predict reads the cut from the model's config: the same decisions as the run's own test predictions.
     env = ft_env(tmp_path, run, imbalanced / "test.jsonl", FT_RUN_ID="scored", FT_OUTPUT=str(tmp_path / "scored"))
@@ -196,3 +197,4 @@ def test_multi_label_thresholds_are_per_label() -> None:
     cuts = tune(scores, truth.astype(float), LabelSpec(MULTI, ("a", "b")))
     assert cuts is not None and len(cuts) == 2 and cuts[1] < cuts[0]
     assert (decide(scores, LabelSpec(MULTI, ("a", "b"), cuts)) == (scores > np.asarray(cuts))).all()
+
