@@ -197,4 +197,3 @@ def test_multi_label_thresholds_are_per_label() -> None:
     cuts = tune(scores, truth.astype(float), LabelSpec(MULTI, ("a", "b")))
     assert cuts is not None and len(cuts) == 2 and cuts[1] < cuts[0]
     assert (decide(scores, LabelSpec(MULTI, ("a", "b"), cuts)) == (scores > np.asarray(cuts))).all()
-
