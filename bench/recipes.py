@@ -7,6 +7,11 @@ Prints one JSON line with what it measured. `walkthrough` is the notebooks' reci
 dynamic padding and length-grouped batches; `tuned-bf16` also sets `bf16=True`, as
 a user who knows their hardware would; `job` is this job, configured by settings
 alone.
+
+Optional CONFIG keys (the GPU bench, bench/gpu, sets them; `make bench` does not):
+`max_length` truncates, `pad_to_multiple_of` pads batches, `trainer_args` adds or
+overrides TrainingArguments (optimizer, workers, logging steps). Every recipe reports
+its loss at the logged steps and the real tokens it trained on.
 """
 
 from __future__ import annotations
@@ -40,14 +45,16 @@ def _trainer_recipe(name: str, config: dict[str, Any]) -> dict[str, Any]:
     walkthrough = name == "walkthrough"
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        limit = {"max_length": config["max_length"]} if config.get("max_length") else {}
         if walkthrough:
-            return tokenizer(batch["text"], padding="max_length", truncation=True)
-        return tokenizer(batch["text"], truncation=True)
+            return tokenizer(batch["text"], padding="max_length", truncation=True, **limit)
+        return tokenizer(batch["text"], truncation=True, **limit)
 
     data = data.map(tokenize, batched=True, remove_columns=["text"])
     model = AutoModelForSequenceClassification.from_pretrained(config["model"], num_labels=2)
     counts = {"processed": 0, "real": 0}
-    inner = default_data_collator if walkthrough else DataCollatorWithPadding(tokenizer)
+    multiple = config.get("pad_to_multiple_of")
+    inner = default_data_collator if walkthrough else DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
 
     def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = inner(features)
@@ -62,21 +69,22 @@ def _trainer_recipe(name: str, config: dict[str, Any]) -> dict[str, Any]:
             if not first_step:
                 first_step.append(time.time())
 
-    args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(),
-        num_train_epochs=config["epochs"],
-        per_device_train_batch_size=config["batch_size"],
-        per_device_eval_batch_size=config["batch_size"],
-        learning_rate=config["learning_rate"],
-        seed=config["seed"],
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        logging_steps=10_000,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=name == "tuned-bf16",
+    arguments: dict[str, Any] = {
+        "output_dir": tempfile.mkdtemp(),
+        "num_train_epochs": config["epochs"],
+        "per_device_train_batch_size": config["batch_size"],
+        "per_device_eval_batch_size": config["batch_size"],
+        "learning_rate": config["learning_rate"],
+        "seed": config["seed"],
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "logging_steps": 10_000,
+        "use_cpu": not torch.cuda.is_available(),
+        "bf16": name == "tuned-bf16",
         **({} if walkthrough else {"train_sampling_strategy": "group_by_length"}),
-    )
+    }
+    args = TrainingArguments(**{**arguments, **config.get("trainer_args", {})})
     trainer = Trainer(
         model=model, args=args, train_dataset=data["train"], data_collator=collate, callbacks=[FirstStep()]
     )
@@ -87,15 +95,22 @@ def _trainer_recipe(name: str, config: dict[str, Any]) -> dict[str, Any]:
     evaluation = time.time() - mark
     accuracy = float((np.argmax(output.predictions, -1) == output.label_ids).mean())
     runtime = result.metrics["train_runtime"]
+    # Collation in data-loader workers counts in their processes, not here: then the real
+    # tokens come from the rows' lengths (exact for whole epochs) and padding is unknown.
+    real = train_counts["real"] or sum(len(x) for x in data["train"]["input_ids"]) * config["epochs"]
     return {
         "train_samples_per_second": result.metrics["train_samples_per_second"],
-        "train_real_tokens_per_second": train_counts["real"] / runtime,
-        "padding_efficiency": train_counts["real"] / train_counts["processed"],
+        "train_real_tokens_per_second": real / runtime,
+        "real_tokens": real,
+        "padding_efficiency": train_counts["real"] / train_counts["processed"] if train_counts["processed"] else None,
         "time_to_first_step_s": first_step[0] - STARTED,
         "evaluation_s": evaluation,
         "accuracy": accuracy,
         "train_runtime_s": runtime,
         "precision": "bf16" if args.bf16 else "no",
+        "optimizer": getattr(args.optim, "value", str(args.optim)),
+        "steps": result.global_step,
+        "loss_curve": [[e["step"], e["loss"]] for e in trainer.state.log_history if "loss" in e],
     }
 
 
@@ -132,6 +147,7 @@ def _job_recipe(config: dict[str, Any]) -> dict[str, Any]:
         # checkpoint; those costs are in wall_s.
         "train_samples_per_second": training["train_step_samples_per_second"],
         "train_real_tokens_per_second": training["train_real_tokens_per_second"],
+        "real_tokens": training["real_tokens"],
         "in_loop_evaluation_s": training["in_loop_evaluation_s"],
         "in_loop_checkpoint_s": training["in_loop_checkpoint_s"],
         "padding_efficiency": training["padding_efficiency"],
@@ -141,7 +157,18 @@ def _job_recipe(config: dict[str, Any]) -> dict[str, Any]:
         "accuracy": metrics["validation"]["accuracy"],
         "train_runtime_s": training["train_runtime_s"],
         "precision": training["precision"],
+        "device": training["device"],
+        "steps": training["steps"],
+        "loss_curve": _loss_curve(run / "train_log.jsonl"),
     }
+
+
+def _loss_curve(path: Path) -> list[list[float]]:
+    """[step, loss] at each logged training step, from the job's train_log.jsonl."""
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [[r["step"], r["loss"]] for r in records if "loss" in r]
 
 
 def run(name: str, config: dict[str, Any]) -> dict[str, Any]:

@@ -42,3 +42,32 @@ def test_bench_runs_every_recipe_and_writes_results(tmp_path: Path) -> None:
     markdown = (tmp_path / "results.md").read_text()
     assert "Accuracy after 24 rows x 2 epochs (16 evaluation rows)" in markdown
     assert "| train samples/s |" in markdown and f"| precision | no | no |{' bf16 |' if bf16 else ''}" in markdown
+
+
+@pytest.mark.slow  # five processes, each importing torch: about a minute on 2 cores
+def test_gpu_bench_dry_run_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "bench_gpu.json"
+    env = {**os.environ, "BENCH_GPU_OUTPUT": str(out), "BENCH_WORK": str(tmp_path / "work"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.gpu", "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=400, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    document = json.loads(out.read_text())
+    assert {"machine", "config", "model", "comparison", "mfu", "end_to_end", "failures"} <= set(document)
+    assert document["dry_run"] is True and document["machine"]["gpu"] is None and document["failures"] == []
+    assert document["model"]["layers"] == 2 and document["model"]["hidden"] == 32
+    comparison = document["comparison"]
+    assert set(comparison["results"]) == {"tuned-bf16", "job"}  # both training paths ran
+    assert comparison["job_vs_tuned_bf16_train_samples_per_second"] > 0
+    assert all(len(curve) >= 2 for curve in comparison["loss_curves"].values())
+    assert comparison["results"]["tuned-bf16"]["precision"] == "bf16"
+    assert comparison["results"]["tuned-bf16"]["optimizer"] == "adamw_torch_fused"
+    # On CPU there is no peak to measure against: null, with the reason.
+    assert all(r["mfu"] is None and "CPU" in r["reason"] for r in document["mfu"]["per_recipe"].values())
+    for name in ("train", "check", "predict"):
+        ran = document["end_to_end"][name]
+        assert ran["rc"] == 0 and ran["wall_s"] > 0, ran
+        assert any(e.get("precision") for e in ran["events"]), ran["events"]
+    assert document["end_to_end"]["train"]["training"]["device"] == "cpu"
+    assert document["end_to_end"]["predict"]["predicted_rows"] == 16
