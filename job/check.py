@@ -228,10 +228,10 @@ def _label_warnings(report: dict[str, Any], settings: Settings) -> list[tuple[st
         return []
     found = []
     train = {name: n for name, n in report["counts"][TRAIN].items() if n}  # absent ones: labels.unused
-    largest = max(train, key=train.__getitem__, default=None)
-    smallest = min(train, key=train.__getitem__, default=None)
-    if largest is not None and smallest is not None and train[largest] / train[smallest] >= IMBALANCE_RATIO:
-        ratio = train[largest] / train[smallest]
+    ratio = class_weights.imbalance(train)
+    if ratio >= IMBALANCE_RATIO:
+        largest = max(train, key=train.__getitem__)
+        smallest = min(train, key=train.__getitem__)
         weighted = class_weights.applies(settings.class_weights, train)
         found.append(
             (

@@ -175,7 +175,10 @@ def test_a_dead_owners_lease_elsewhere_is_taken_over_once_it_expires(
     result, events = run_cli(env=with_aws(env), cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
     names = [e["event"] for e in events]
-    assert names.index("lease.waiting") < names.index("lease.taken_over") < names.index("train.started")
+    # Waited for, or already expired when a slow start looked: taken over either way, before training
+    # (the waiting itself is timed exactly in test_ownership.py).
+    assert names.index("lease.taken_over") < names.index("train.started")
+    assert "lease.waiting" not in names or names.index("lease.waiting") < names.index("lease.taken_over")
     assert objects(s3, bucket, "checkpoints/") == {}  # checkpoints cleaned up, the lease released
 
 
