@@ -103,6 +103,7 @@ def check(settings: Settings) -> dict[str, Any]:
         )
 
     inputs = scaffold.load_inputs(settings)
+    settings = scaffold.with_defaults(settings, inputs, topology)
     model_path, tokenizer, prepared = inputs.model_path, inputs.tokenizer, inputs.prepared
     start = resume.decide(settings, inputs, saved, topology, dry_run=True)
     log.info(

@@ -72,7 +72,8 @@ def pad_multiple() -> int | None:
 
 
 def eval_batch_size(settings: Settings) -> int:
-    return settings.eval_batch_size or 2 * settings.batch_size
+    # Unset batch size: `predict`, which has no training rows to choose it from.
+    return settings.eval_batch_size or 2 * (settings.batch_size or 32)
 
 
 def dataloader_workers(settings: Settings) -> int:

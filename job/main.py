@@ -114,6 +114,7 @@ def _run(
     )
     with phases.phase("prepare"):
         inputs = scaffold.load_inputs(settings)
+    settings = scaffold.with_defaults(settings, inputs, topology)
 
     start = resume.decide(settings, inputs, saved, topology, dry_run=False)
     if stop.requested:

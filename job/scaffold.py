@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from job import checkpoints, metrics, modeling, ownership, promotion, search, trackers
+from job import checkpoints, defaults, metrics, modeling, ownership, promotion, search, trackers
 from job.checkpoints import Checkpoints
 from job.errors import ConfigError
 from job.logs import get_logger
@@ -115,6 +115,7 @@ class Inputs:
     tokenizer: PreTrainedTokenizerBase
     prepared: PreparedData  # the tokenized splits (cached per node)
     metric: str  # the best-model metric, valid for the data's problem type
+    hidden_size: int | None  # the model's width, as its config says (None: it does not say)
 
 
 def load_inputs(settings: Settings) -> Inputs:
@@ -125,7 +126,14 @@ def load_inputs(settings: Settings) -> Inputs:
     prepared = prepare(settings, tokenizer, modeling.max_length(settings, tokenizer, config))
     metric = metrics.best_model_metric(settings.metric_for_best_model, prepared.labels.problem_type)
     assert metric is not None  # a real problem type always has one
-    return Inputs(model_path, tokenizer, prepared, metric)
+    return Inputs(model_path, tokenizer, prepared, metric, getattr(config, "hidden_size", None))
+
+
+def with_defaults(settings: Settings, inputs: Inputs, topology: Topology) -> Settings:
+    """The settings with the training defaults left unset chosen from the data and the model."""
+    return defaults.choose(
+        settings, train_rows=len(inputs.prepared.train), hidden_size=inputs.hidden_size, world_size=topology.world_size
+    )
 
 
 def fresh_folder(path: Path) -> Path:

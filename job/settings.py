@@ -308,21 +308,43 @@ class Settings(BaseSettings):
     )
 
     # --- training --------------------------------------------------------------------
-    epochs: float = _field("training", "Passes over the training data.", default=3.0, gt=0, le=1000)
+    epochs: OptionalFloat = _field(
+        "training",
+        "Passes over the training data. Unset: 3, or more on small data for at least 300 optimizer steps (at "
+        "most 10); see *Defaults that adapt to the data*.",
+        default=None,
+        gt=0,
+        le=1000,
+    )
     max_steps: OptionalInt = _field(
         "training", "Stop after this many optimizer steps (overrides `FT_EPOCHS`).", default=None, ge=1
     )
-    batch_size: int = _field("training", "Training batch size per device.", default=32, ge=1, le=65536)
+    batch_size: OptionalInt = _field(
+        "training",
+        "Training batch size per device. Unset: the largest of 32, 16 and 8 that gives each epoch at least 100 "
+        "optimizer steps (8 below that).",
+        default=None,
+        ge=1,
+        le=65536,
+    )
     eval_batch_size: OptionalInt = _field(
         "training",
-        "Evaluation (and `predict`) batch size per device. Default: 2 x `FT_BATCH_SIZE`.",
+        "Evaluation (and `predict`) batch size per device. Default: 2 x `FT_BATCH_SIZE` (64 in `predict` when "
+        "it is unset).",
         default=None,
         ge=1,
     )
     gradient_accumulation_steps: int = _field(
         "training", "Batches accumulated per optimizer step.", default=1, ge=1, le=4096
     )
-    learning_rate: float = _field("training", "Peak learning rate (AdamW).", default=5e-5, gt=0, le=1)
+    learning_rate: OptionalFloat = _field(
+        "training",
+        "Peak learning rate (AdamW). Unset: by the model's hidden size, 1e-4 up to 384 (MiniLM), 5e-5 up to 768 "
+        "(BERT-base), 2e-5 above.",
+        default=None,
+        gt=0,
+        le=1,
+    )
     weight_decay: float = _field(
         "training", "AdamW weight decay (not applied to biases and LayerNorm).", default=0.01, ge=0, le=1
     )

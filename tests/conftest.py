@@ -170,14 +170,22 @@ def score_tolerance(*precisions: str) -> float:
     return 1e-4 if all(p == "no" for p in precisions) else 1e-2
 
 
+PINNED_SCHEDULE = {"FT_EPOCHS": "3", "FT_BATCH_SIZE": "32", "FT_LEARNING_RATE": "5e-5"}
+
+
 def ft_env(root: Path, model: Path | str, dataset: Path | str | None = None, **variables: str) -> dict[str, str]:
     """The settings of a CLI run of `model` on `dataset`, its output and cache under `root`,
-    logging JSON; keyword arguments set further variables (FT_RUN_ID="x") or override these."""
+    logging JSON; keyword arguments set further variables (FT_RUN_ID="x") or override these.
+
+    The schedule is pinned (3 epochs of 32 rows at 5e-5) so a test's step counts are its own:
+    on the suite's small datasets the job's own defaults (job/defaults.py, tested in
+    test_defaults.py) would train up to ten times longer."""
     env = {
         "FT_MODEL": str(model),
         "FT_OUTPUT": str(root / "outputs"),
         "FT_CACHE_DIR": str(root / "cache"),
         "FT_LOG_FORMAT": "json",
+        **PINNED_SCHEDULE,
     }
     if dataset is not None:
         env["FT_DATASET"] = str(dataset)
