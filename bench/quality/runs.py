@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ("notebook", "job")
 RESULT_PREFIX = "QUALITY_RESULT "
 KEPT = ("metrics.json", "run_manifest.json")  # of the job's output; the model itself is deleted
+# The schedule the job chose for itself: its defaults may depend on the data, so each run says.
+SCHEDULE = ("FT_EPOCHS", "FT_BATCH_SIZE", "FT_LEARNING_RATE", "FT_WARMUP_RATIO", "FT_WEIGHT_DECAY", "FT_MAX_LENGTH")
 
 
 def environment(folder: Path) -> dict[str, str]:
@@ -82,13 +84,14 @@ def _job_result(run: Path, log: Path) -> dict[str, Any]:
     log (JSON lines when not on a terminal)."""
     metrics = json.loads((run / "metrics.json").read_text())
     manifest = json.loads((run / "run_manifest.json").read_text())
-    test, training = metrics["test"], manifest.get("training", {})
+    test, training, settings = metrics["test"], manifest.get("training", {}), manifest.get("settings", {})
     return {
         "accuracy": test["accuracy"],
         "f1_macro": test["f1_macro"],
         "train_runtime_s": metrics["train"]["train_runtime_s"],
         "steps": metrics["train"]["steps"],
         "rows": manifest.get("data", {}).get("rows"),  # train, validation (held out by the job), test
+        "schedule": {name.removeprefix("FT_").lower(): settings.get(name) for name in SCHEDULE},
         "precision": training.get("precision"),
         "class_weights": _event(log, "train.class_weights").get("weights"),
         "decision_thresholds": metrics.get("decision_thresholds"),
