@@ -71,3 +71,43 @@ def test_gpu_bench_dry_run_writes_every_section(tmp_path: Path) -> None:
         assert any(e.get("precision") for e in ran["events"]), ran["events"]
     assert document["end_to_end"]["train"]["training"]["device"] == "cpu"
     assert document["end_to_end"]["predict"]["predicted_rows"] == 16
+
+
+@pytest.mark.slow  # 4 processes where only the demo's corpus is there (CI), 20 with all five: 1-6 minutes
+def test_quality_bench_dry_run_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "quality.json"
+    env = {**os.environ, "BENCH_WORK": str(tmp_path / "work"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.quality", "--dry-run", "--seeds", "0,1", "--output", str(out)], cwd=ROOT,
+        env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    document = json.loads(out.read_text())
+    assert document["dry_run"] is True and document["machine"]["cpu"] and document["config"]["seeds"] == [0, 1]
+    assert set(document["recipes"]) == {"notebook", "job"}
+    datasets = document["datasets"]
+    names = {"rotten-tomatoes", "health-tweets", "news-articles", "pang-lee-reviews", "reuters-grain"}
+    assert set(datasets) == names and all(d["shape"] and d["origin"] and d["license"] for d in datasets.values())
+    # The demo's corpus is always installed; the others need make quality-assets, else they say so.
+    ready = {name for name, d in datasets.items() if d["status"] == "ready"}
+    assert "rotten-tomatoes" in ready
+    assert all("make quality-assets" in datasets[name]["reason"] for name in names - ready)
+    runs = [r for r in document["runs"] if r["dataset"] in ready]
+    assert len(runs) == len(document["runs"]) == 4 * len(ready) and all(r["status"] == "ok" for r in runs)
+    assert all(0 <= r["accuracy"] <= 1 and 0 <= r["f1_macro"] <= 1 and r["wall_s"] > 0 for r in runs)
+    for r in runs:
+        if r["recipe"] == "notebook":
+            assert (r["train_rows"], r["test_rows"]) == (32, 16)
+        else:  # the same rows; the job holds some of the training rows out for validation
+            rows = r["rows"]
+            assert rows["test"] == 16 and rows["train"] + rows["validation"] == 32 and rows["validation"] > 0
+            assert r["schedule"]["epochs"] and r["precision"] in {"no", "bf16"}
+    for name in ready:
+        assert set(datasets[name]["samples"]) == {"0", "1"}
+        found = document["summary"][name]
+        for recipe in ("notebook", "job"):
+            assert all(found[recipe][m]["n"] == 2 and found[recipe][m]["se"] is not None for m in found[recipe])
+        assert -1 <= found["job_minus_notebook"]["accuracy"]["mean"] <= 1 and found["paired_seeds"] == [0, 1]
+        assert found["wall_ratio_job_to_notebook"]["mean"] > 0
+    markdown = out.with_suffix(".md").read_text()
+    assert "(dry run: numbers mean nothing)" in markdown and markdown.count("| job − notebook |") == len(ready)
