@@ -73,6 +73,7 @@ def choose(settings: Settings, *, train_rows: int, hidden_size: int | None, worl
         "defaults.chosen",
         **{env_name(name): value for name, value in chosen.items()},
         reasons={env_name(name): why for name, why in reasons.items()},
+        world_size=world_size,  # `check` on a login node plans for its own processes, not the cluster's
         effect="set these variables to choose otherwise",
     )
     return settings.model_copy(update=chosen)

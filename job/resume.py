@@ -21,7 +21,7 @@ log = get_logger("job.resume")
 @dataclass(frozen=True)
 class Resume:
     checkpoint: Path | None  # the local checkpoint to resume from; None: from scratch (always, in a dry run)
-    inputs: dict[str, Any]  # this run's fingerprint, with the settings as given
+    inputs: dict[str, Any]  # this run's fingerprint, with the settings as resolved (defaults chosen)
     search_record: dict[str, Any] | None  # the search so far, to continue from
     found: str | None = None  # the newest checkpoint, the one a run resumes from
 
