@@ -51,11 +51,10 @@ def choose(settings: Settings, *, train_rows: int, hidden_size: int | None, worl
             BATCH_SIZES[-1],
         )
         chosen["batch_size"] = batch
-        reasons["batch_size"] = (
-            f"{_steps_per_epoch(train_rows, batch * per_step)} steps per epoch over {train_rows} training rows"
-        )
+    steps_per_epoch = _steps_per_epoch(train_rows, batch * per_step)
+    if "batch_size" in chosen:
+        reasons["batch_size"] = f"{steps_per_epoch} steps per epoch over {train_rows} training rows"
     if settings.epochs is None:
-        steps_per_epoch = _steps_per_epoch(train_rows, batch * per_step)
         epochs = min(MAX_EPOCHS, max(EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch)))
         chosen["epochs"] = float(epochs)
         reasons["epochs"] = (
