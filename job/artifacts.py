@@ -135,6 +135,7 @@ def run_manifest(
             "token_lengths": prepared.meta.get("lengths"),
             "dropped_empty_text": prepared.meta.get("dropped_empty_text"),
             "max_length": prepared.max_length,
+            "long_texts": prepared.meta.get("long_texts"),
         },
         "training": {k: v for k, v in outcome.stats.items() if k != "first_step_unix"},
         "best_model": {"metric": outcome.best_metric, "value": outcome.best_value},

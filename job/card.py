@@ -141,8 +141,7 @@ def _render(
         f"print(classifier({_example_input(settings)}))",
         "```",
         "",
-        f"The model was trained and evaluated on the first {data['max_length']} tokens of each input; "
-        "`truncation=True` cuts longer texts the same way (without it a longer text fails).",
+        *_length_note(data),
         "",
         *_threshold_note(document),
         "## Training",
@@ -329,6 +328,26 @@ def _download_hint(model_ref: str) -> list[str]:
     if not model_ref.startswith("s3://"):
         return []
     return [f"# first: aws s3 cp --recursive {model_ref} ./model", ""]
+
+
+def _length_note(data: dict[str, Any]) -> list[str]:
+    record = data.get("long_texts") or {}
+    if record.get("mode") != "windows":
+        return [
+            f"The model was trained and evaluated on the first {data['max_length']} tokens of each input; "
+            "`truncation=True` cuts longer texts the same way (without it a longer text fails)."
+        ]
+    windowed = ((data.get("token_lengths") or {}).get("train") or {}).get("texts_in_windows")
+    share = f" ({windowed} of the training texts)" if windowed is not None else ""
+    return [
+        f"Texts longer than {data['max_length']} tokens{share} were split into windows of {data['max_length']} tokens "
+        f"that overlap by {record['overlap']} (at most {record['max_windows']} per text, evenly spaced), each "
+        "trained on with its text's label; a text's scores are the mean of its windows' logits. "
+        "The pipeline above reads only the first window (`truncation=True`); to score long texts as the "
+        "metrics here did, use `python -m job predict` with this model, or tokenize with "
+        f"`return_overflowing_tokens=True, stride={record['overlap']}`, average the logits of each text's "
+        "windows and apply softmax (sigmoid per label for multi-label).",
+    ]
 
 
 def _pipeline_kwargs(problem: str) -> str:

@@ -35,15 +35,16 @@ import numpy as np
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from job import class_weights, data, device, estimate, labels, resume, scaffold, training
+from job import class_weights, data, device, estimate, labels, resume, scaffold, training, windows
 from job.class_weights import IMBALANCE_RATIO
 from job.data import INDEX
 from job.labels import LABELS, REGRESSION
 from job.logs import get_logger
 from job.prepare import TEST, TRAIN, VALIDATION, PreparedData
 from job.settings import Settings
-from job.tokenization import LENGTH
+from job.tokenization import LENGTH, texts_of
 from job.topology import discover
+from job.windows import WINDOW
 from job.workspace import Workspace
 
 # Share of training rows cut by FT_MAX_LENGTH from which the lost text is worth a warning.
@@ -149,16 +150,7 @@ def check(settings: Settings) -> dict[str, Any]:
     lengths = _lengths(settings, tokenizer, prepared)
     for name, stats in lengths.items():
         log.info("check.lengths", split=name, **stats)
-    cut = lengths[TRAIN]
-    if cut["rows"] and cut["truncated"] >= TRUNCATION_SHARE * cut["rows"]:
-        warn(
-            "check.truncation",
-            split=TRAIN,
-            truncated=cut["truncated"],
-            share=cut["truncated_share"],
-            max_length=prepared.max_length,
-            effect="those rows lose their ends; raise FT_MAX_LENGTH (up to the model's limit) if the ends matter",
-        )
+    _long_texts(lengths[TRAIN], windows.Windowing.of_record(prepared.meta["long_texts"]), warn)
 
     # What the training step would reject before its first batch.
     precision = device.precision(settings.mixed_precision)
@@ -208,7 +200,7 @@ def _unknown_tokens(train: Dataset, tokenizer: PreTrainedTokenizerBase) -> dict[
 
 def _labels(prepared: PreparedData) -> dict[str, Any]:
     spec = prepared.labels
-    scored = {name: split for name, split in prepared.splits.items() if name != TEST or prepared.test_scored}
+    scored = {name: texts_of(split) for name, split in prepared.splits.items() if name != TEST or prepared.test_scored}
     if spec.problem_type == REGRESSION:
         stats = {}
         for name, split in scored.items():
@@ -274,7 +266,8 @@ def _lengths(settings: Settings, tokenizer: PreTrainedTokenizerBase, prepared: P
     raw: data.RawSplits | None = None
     out = {}
     for name, split in prepared.splits.items():
-        lengths = np.asarray(split[LENGTH], dtype=np.int64)
+        firsts = np.flatnonzero(np.asarray(split[WINDOW]) == 0)  # one row per text
+        lengths = np.asarray(split[LENGTH], dtype=np.int64)[firsts]
         at_limit = np.flatnonzero(lengths >= prepared.max_length)
         if at_limit.size:
             if raw is None:
@@ -282,10 +275,40 @@ def _lengths(settings: Settings, tokenizer: PreTrainedTokenizerBase, prepared: P
             carved = raw.eval is None  # validation rows then come from the training split
             source = {TRAIN: raw.train, VALIDATION: raw.train if carved else raw.eval, TEST: raw.test}[name]
             assert source is not None  # a prepared test split comes from a source one
-            rows = source.select(split.select(at_limit.tolist())[INDEX])
+            rows = source.select(split.select(firsts[at_limit].tolist())[INDEX])
             lengths[at_limit] = _untruncated(tokenizer, rows, settings)
-        out[name] = _length_stats(lengths, prepared.max_length)
+        out[name] = {**_length_stats(lengths, prepared.max_length), "windows": len(split)}
     return out
+
+
+def _long_texts(cut: dict[str, Any], windowing: windows.Windowing, warn: Any) -> None:
+    """What happens to the training texts beyond the max length: windows (said), or cut
+    (a warning when many are)."""
+    if not cut["rows"] or not cut["truncated"]:
+        return
+    if windowing.active:
+        log.info(
+            "check.windows",
+            split=TRAIN,
+            texts_longer=cut["truncated"],
+            share=cut["truncated_share"],
+            max_length=windowing.max_length,
+            windows=cut["windows"],
+            effect=f"texts longer than {windowing.max_length} tokens are split into windows overlapping by "
+            f"{windowing.overlap} (at most {windowing.max_windows} per text): {cut['windows']} rows to train on "
+            f"for {cut['rows']} texts; FT_LONG_TEXTS=truncate keeps the first window only",
+        )
+        return
+    if cut["truncated"] >= TRUNCATION_SHARE * cut["rows"]:
+        warn(
+            "check.truncation",
+            split=TRAIN,
+            truncated=cut["truncated"],
+            share=cut["truncated_share"],
+            max_length=windowing.max_length,
+            effect="those rows lose their ends; raise FT_MAX_LENGTH (up to the model's limit) or set "
+            "FT_LONG_TEXTS=windows if the ends matter",
+        )
 
 
 def _untruncated(tokenizer: PreTrainedTokenizerBase, rows: Dataset, settings: Settings) -> list[int]:

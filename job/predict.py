@@ -17,7 +17,7 @@ import numpy as np
 from datasets import Dataset
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-from job import artifacts, checkpoints, data, device, inference, labels, metrics, modeling, scaffold
+from job import artifacts, checkpoints, data, device, inference, labels, metrics, modeling, scaffold, windows
 from job.errors import DataError
 from job.files import write_json
 from job.labels import LABELS, LabelSpec
@@ -66,6 +66,7 @@ def _predict(settings: Settings, output: Output, work: Workspace, phases: Phases
         tokenizer = modeling.load_tokenizer(model_path, settings)
         modeling.check_tokenizer_matches(tokenizer, config)
         max_length = _max_length(settings, tokenizer, config, trained)
+        windowing = _windowing(settings, tokenizer, max_length, trained)
         model = modeling.load_classifier(model_path, config, settings)
     log.info(
         "predict.model",
@@ -73,6 +74,7 @@ def _predict(settings: Settings, output: Output, work: Workspace, phases: Phases
         labels=list(spec.names),
         trained_in_run=trained.get("run_id"),
         max_length=max_length,
+        long_texts=windowing.record(),
     )
 
     with phases.phase("load_data"):
@@ -86,7 +88,7 @@ def _predict(settings: Settings, output: Output, work: Workspace, phases: Phases
             tokenizer,
             text_column=settings.text_column,
             pair_column=settings.text_pair_column,
-            max_length=max_length,
+            windowing=windowing,
             keep_text=False,
         )
 
@@ -104,11 +106,10 @@ def _predict(settings: Settings, output: Output, work: Workspace, phases: Phases
             workers=workers,
             stop=lambda: stop.requested,
         )
-    prediction = Prediction(
-        logits=result.logits,
-        labels=np.asarray(tokenized[LABELS]) if scored else None,
-        index=list(tokenized[data.INDEX]),
+    logits, index, labelled = windows.pool(
+        result.logits, tokenized[data.INDEX], np.asarray(tokenized[LABELS]) if scored else None
     )
+    prediction = Prediction(logits=logits, labels=labelled, index=index)
     report = metrics.report(prediction.logits, prediction.labels, spec) if prediction.labels is not None else None
 
     with phases.phase("write"):
@@ -129,10 +130,12 @@ def _predict(settings: Settings, output: Output, work: Workspace, phases: Phases
             "source": source,
             "split": split,
             "rows": len(raw),
-            "predicted": len(tokenized),
+            "predicted": len(prediction.index),
+            "windows": len(tokenized),
             "skipped_no_text": len(skipped),
             "labelled": report is not None,
             "max_length": max_length,
+            "long_texts": windowing.record(),
             "token_lengths": length_stats(tokenized, max_length),
         },
         "inference": result.stats,
@@ -170,7 +173,12 @@ def _training_record(model_path: Path) -> dict[str, Any]:
     """Run id and max length of the job run that trained the model, when it was this job."""
     try:
         manifest = json.loads((model_path / artifacts.RUN_MANIFEST).read_text())
-        return {"run_id": manifest.get("run_id"), "max_length": manifest.get("data", {}).get("max_length")}
+        data_record = manifest.get("data", {})
+        return {
+            "run_id": manifest.get("run_id"),
+            "max_length": data_record.get("max_length"),
+            "long_texts": data_record.get("long_texts"),
+        }
     except (OSError, ValueError, AttributeError):
         return {}
 
@@ -183,6 +191,21 @@ def _max_length(
     if settings.max_length is None and isinstance(trained.get("max_length"), int):
         return min(limit, trained["max_length"])
     return limit
+
+
+def _windowing(
+    settings: Settings, tokenizer: PreTrainedTokenizerBase, max_length: int, trained: dict[str, Any]
+) -> windows.Windowing:
+    """FT_LONG_TEXTS, else what the model was trained with: its windows' overlap too, when
+    they were as long as these (a model that predates windows was trained on cut texts)."""
+    record = trained.get("long_texts") if isinstance(trained.get("long_texts"), dict) else {}
+    mode = settings.long_texts
+    if mode == "auto":
+        mode = record.get("mode", "truncate" if trained.get("run_id") else "windows")
+    overlap = record.get("overlap") if record.get("max_length") == max_length else None
+    if settings.window_overlap is not None:
+        overlap = None  # the setting wins
+    return windows.of_settings(settings, tokenizer, max_length, mode=mode, overlap=overlap)
 
 
 def _with_labels(rows: Dataset, spec: LabelSpec, settings: Settings, split: str) -> tuple[Dataset, bool]:

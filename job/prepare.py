@@ -21,15 +21,15 @@ import datasets
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
-from job import data, labels
+from job import data, labels, windows
 from job.errors import DataError
 from job.labels import SINGLE, LabelSpec
 from job.logs import get_logger
 from job.modeling import tokenizer_fingerprint
 from job.settings import Settings
-from job.tokenization import LENGTH, length_stats, tokenize
+from job.tokenization import LENGTH, length_stats, texts_of, tokenize
 
-FORMAT_VERSION = 2  # bump when the prepared layout or its meaning changes
+FORMAT_VERSION = 3  # bump when the prepared layout or its meaning changes
 META = "prepared.json"
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 
@@ -124,7 +124,8 @@ def _build(
     if test is not None:
         test = _cap(test, settings.max_test_samples, settings.seed)
 
-    columns = {"text_column": settings.text_column, "pair_column": settings.text_pair_column, "max_length": max_length}
+    windowing = windows.of_settings(settings, tokenizer, max_length)
+    columns = {"text_column": settings.text_column, "pair_column": settings.text_pair_column, "windowing": windowing}
     splits = {TRAIN: tokenize(train, tokenizer, keep_text=False, **columns)}
     # Evaluation order does not matter to the metrics, so sort longest first: batches
     # hold rows of one length (little padding) and memory peaks on the first batch.
@@ -136,6 +137,7 @@ def _build(
         "format_version": FORMAT_VERSION,
         "labels": spec.to_json(),
         "max_length": max_length,
+        "long_texts": windowing.record(),
         "test_scored": test_scored,
         "source": raw.source,
         "source_splits": {
@@ -145,7 +147,7 @@ def _build(
         },
         "dropped_empty_text": raw.dropped,
         "source_files": raw.files,
-        "class_counts": {name: labels.class_counts(splits[name], spec) for name in (TRAIN, VALIDATION)},
+        "class_counts": {name: labels.class_counts(texts_of(splits[name]), spec) for name in (TRAIN, VALIDATION)},
         "lengths": {name: length_stats(split, max_length) for name, split in splits.items()},
     }
     return splits, meta
@@ -219,7 +221,7 @@ def _cache_key(raw: data.RawSplits, settings: Settings, tokenizer: PreTrainedTok
         include={
             "train_split", "eval_split", "test_split", "text_column", "text_pair_column", "label_column",
             "labels", "problem_type", "label_separator", "validation_fraction", "max_train_samples",
-            "max_eval_samples", "max_test_samples", "seed",
+            "max_eval_samples", "max_test_samples", "seed", "long_texts", "window_overlap", "max_windows",
         }
     )  # fmt: skip
     # Local files by their content (a fresh copy of the same bytes, a new machine's mirror, is

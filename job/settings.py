@@ -223,10 +223,32 @@ class Settings(BaseSettings):
     )
     max_length: OptionalInt = _field(
         "model",
-        "Truncate inputs to this many tokens. Default: the model's limit (512 for BERT). "
-        "Must not exceed the model's limit.",
+        "Tokens per input: longer texts are split into windows of this many tokens (`FT_LONG_TEXTS`). "
+        "Default: the model's limit (512 for BERT). Must not exceed the model's limit.",
         default=None,
         ge=8,
+    )
+    long_texts: Literal["auto", "windows", "truncate"] = _field(
+        "model",
+        "Texts longer than the max length: `windows` splits them into overlapping windows, trains on "
+        "each with its text's label and scores a text by the mean of its windows' logits (evaluation, "
+        "the reload check, `predict`); `truncate` keeps the first window only. `auto`: windows for "
+        "training; for `predict`, what the model was trained with. Text pairs are always truncated.",
+        default="auto",
+    )
+    window_overlap: OptionalInt = _field(
+        "model",
+        "Tokens that consecutive windows share, so no passage is seen only cut in two. Default: a "
+        "quarter of a window. At most half of one.",
+        default=None,
+        ge=0,
+    )
+    max_windows: int = _field(
+        "model",
+        "At most this many windows per text, evenly spaced from its first to its last (longer texts "
+        "lose passages in between); bounds the cost of very long texts.",
+        default=8,
+        ge=1,
     )
 
     # --- data ------------------------------------------------------------------------

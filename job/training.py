@@ -26,10 +26,11 @@ from transformers import (
     set_seed,
 )
 
-from job import device, metrics, trackers
+from job import device, metrics, trackers, windows
 from job.artifacts import TRAIN_LOG
 from job.checkpoints import CheckpointCallback
 from job.class_weights import WeightedLoss, class_weights
+from job.data import INDEX
 from job.errors import TrainingError
 from job.labels import LABELS, MULTI
 from job.logs import get_logger
@@ -94,7 +95,7 @@ def train_and_evaluate(
         processing_class=tokenizer,
         # Pad each batch only to its longest row.
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=device.pad_multiple()),
-        compute_metrics=lambda p: metrics.scalars(p.predictions, p.label_ids, prepared.labels),
+        compute_metrics=_pooled_metrics(prepared),
         callbacks=callbacks,
         lengths=list(prepared.train[LENGTH]) if settings.group_by_length else None,
         compute_loss_func=_weighted_loss(settings, prepared),
@@ -121,6 +122,9 @@ def train_and_evaluate(
         raise out_of_memory(settings, prepared.max_length) from None
 
     mark = time.monotonic()
+    # The final predictions are scored later, per text, from the pooled logits; the Trainer's
+    # own metrics of them would be per window, and are not needed.
+    trainer.compute_metrics = None
     validation = _predict(trainer, prepared.validation, "eval")
     eval_runtime = time.monotonic() - mark
     test = _predict(trainer, prepared.test, "test") if prepared.test is not None else None
@@ -309,14 +313,24 @@ class NonFiniteLossGuard(TrainerCallback):
             )
 
 
+def _pooled_metrics(prepared: PreparedData) -> Any:
+    """The evaluation metrics per text, not per window: the Trainer predicts rows in the
+    validation split's order, which is where each row's text comes from."""
+    texts = np.asarray(prepared.validation[INDEX])
+
+    def compute(p: Any) -> dict[str, float]:
+        logits, _, labels = windows.pool(np.asarray(p.predictions), texts, np.asarray(p.label_ids))
+        assert labels is not None
+        return metrics.scalars(logits, labels, prepared.labels)
+
+    return compute
+
+
 def _predict(trainer: Trainer, dataset: Any, prefix: str) -> Prediction:
     output = trainer.predict(dataset, metric_key_prefix=prefix)
-    return Prediction(
-        logits=np.asarray(output.predictions),
-        labels=None if output.label_ids is None else np.asarray(output.label_ids),
-        index=list(dataset["index"]),
-        loss=output.metrics.get(f"{prefix}_loss"),
-    )
+    labels = None if output.label_ids is None else np.asarray(output.label_ids)
+    logits, index, labels = windows.pool(np.asarray(output.predictions), dataset[INDEX], labels)
+    return Prediction(logits=logits, labels=labels, index=index, loss=output.metrics.get(f"{prefix}_loss"))
 
 
 def _throughput(trainer: _Trainer, train_metrics: dict[str, Any]) -> dict[str, Any]:
