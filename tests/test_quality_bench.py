@@ -105,3 +105,28 @@ def test_summary_means_standard_errors_and_paired_differences() -> None:
 
 def test_one_seed_has_no_standard_error() -> None:
     assert report.mean_se([0.5]) == {"mean": 0.5, "se": None, "n": 1}
+
+
+def test_a_lever_reaches_the_job_alone_and_needs_its_own_results_file(tmp_path: Path) -> None:
+    from bench.quality import __main__ as cli
+    from bench.quality import runs
+
+    with pytest.raises(SystemExit):
+        cli.options(["--job-env", "FT_LONG_TEXTS=truncate"])  # would mix with the defaults' results
+    with pytest.raises(SystemExit):
+        cli.options(["--job-env", "LONG_TEXTS=truncate", "--output", str(tmp_path / "r.json")])
+    opts = cli.options(
+        ["--recipes", "job", "--job-env", "FT_LONG_TEXTS=truncate", "--output", str(tmp_path / "r.json")]
+    )
+    assert opts.recipes == ("job",) and dict(opts.job_env) == {"FT_LONG_TEXTS": "truncate"}
+    kwargs = {
+        "model": "m",
+        "data": tmp_path,
+        "seed": 0,
+        "folder": tmp_path,
+        "run_id": "r",
+        "job_env": dict(opts.job_env),
+    }
+    _, job = runs.command("job", **kwargs)
+    _, notebook = runs.command("notebook", **kwargs)
+    assert job["FT_LONG_TEXTS"] == "truncate" and "FT_LONG_TEXTS" not in notebook

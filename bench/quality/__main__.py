@@ -53,6 +53,8 @@ class Options:
     output: Path
     assets: Path
     work: Path
+    recipes: tuple[str, ...] = runs.RECIPES
+    job_env: tuple[tuple[str, str], ...] = ()  # settings the job recipe gets beyond its defaults
 
 
 def parser() -> argparse.ArgumentParser:
@@ -66,6 +68,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip runs the results file already holds")
     p.add_argument("--output", type=Path, help="results file (default bench/quality/results.json; "
                    "dry run bench/.work/quality/results_dry.json); the table goes beside it as .md")  # fmt: skip
+    p.add_argument("--recipes", default=",".join(runs.RECIPES), help="comma-separated (default: notebook,job)")
+    p.add_argument("--job-env", action="append", default=[], metavar="FT_NAME=VALUE",
+                   help="a setting for the job recipe (repeatable), to measure a lever against the defaults; "
+                   "give such runs their own --output")  # fmt: skip
     p.add_argument("--assets", type=Path, default=ASSETS, help="where make quality-assets put the packages "
                    "(default $BENCH_QUALITY_ASSETS or bench/.work/quality/assets)")  # fmt: skip
     return p
@@ -80,6 +86,14 @@ def options(argv: list[str] | None = None) -> Options:
     if unknown or not names:
         p.error(f"unknown dataset(s) {unknown}; known: {', '.join(sources.SOURCES)}")
     default_output = WORK / "results_dry.json" if args.dry_run else HERE / "results.json"
+    recipes = tuple(r.strip() for r in args.recipes.split(",") if r.strip())
+    if not recipes or set(recipes) - set(runs.RECIPES):
+        p.error(f"--recipes {args.recipes!r}: choose from {', '.join(runs.RECIPES)}")
+    job_env = tuple(tuple(item.split("=", 1)) for item in args.job_env)
+    if any(len(pair) != 2 or not pair[0].startswith("FT_") for pair in job_env):
+        p.error("--job-env takes FT_NAME=VALUE")
+    if job_env and not args.output:
+        p.error("--job-env: give the runs their own --output, so the defaults' results stay apart")
     return Options(
         datasets=names,
         seeds=[int(s) for s in (args.seeds or size["seeds"]).split(",") if s.strip()],
@@ -90,6 +104,8 @@ def options(argv: list[str] | None = None) -> Options:
         output=args.output or default_output,
         assets=args.assets,
         work=WORK,
+        recipes=recipes,
+        job_env=job_env,  # type: ignore[arg-type]  # pairs, checked above
     )
 
 
@@ -163,20 +179,22 @@ def main(opts: Options) -> int:
     model_name = "tiny random BERT (2 x 32)" if opts.dry_run else "all-MiniLM-L6-v2"
     order = "per dataset and seed: notebook, then job (A B A B)"
     document.update(dry_run=opts.dry_run, recipes=RECIPES, machine=machine(),
-                    config={"model_name": model_name, "seeds": opts.seeds, "order": order})  # fmt: skip
+                    config={"model_name": model_name, "seeds": opts.seeds, "order": order,
+                            "recipes": list(opts.recipes), "job_env": dict(opts.job_env)})  # fmt: skip
     model = model_dir(opts)
     ready = prepare(opts, document)
     failures = 0
     for name in ready:
         for seed in opts.seeds:
             rows = draw(opts, name, seed)
-            for recipe in runs.RECIPES:
+            for recipe in opts.recipes:
                 if opts.resume and report.done(document, recipe, rows):
                     continue
                 print(f"bench.quality: {name} seed {seed} {recipe} ...", flush=True)
                 when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 folder = opts.work / "runs" / rows.name / recipe
-                record = runs.run(recipe, model=model, data=rows.folder(opts.work), seed=seed, folder=folder)
+                record = runs.run(recipe, model=model, data=rows.folder(opts.work), seed=seed, folder=folder,
+                                  job_env=dict(opts.job_env))  # fmt: skip
                 record = {"dataset": name, "recipe": recipe, "seed": seed, "train_rows": opts.train_rows,
                           "test_rows": opts.test_rows, "cpu": document["machine"]["cpu"], "started_utc": when,
                           **record}  # fmt: skip

@@ -35,8 +35,10 @@ def environment(folder: Path) -> dict[str, str]:
     return env
 
 
-def command(recipe: str, *, model: str, data: Path, seed: int, folder: Path, run_id: str) -> tuple[list[str], dict]:
-    """argv and environment of one recipe run."""
+def command(
+    recipe: str, *, model: str, data: Path, seed: int, folder: Path, run_id: str, job_env: dict[str, str] | None = None
+) -> tuple[list[str], dict]:
+    """argv and environment of one recipe run; `job_env`: settings the job gets beyond its defaults."""
     env = environment(folder)
     if recipe == "notebook":
         config = {"model": model, "data": str(data), "seed": seed, "output": str(folder / "model")}
@@ -44,17 +46,20 @@ def command(recipe: str, *, model: str, data: Path, seed: int, folder: Path, run
     # The job with its defaults: only what says which model, which rows, which seed and where.
     env.update(FT_MODEL=model, FT_DATASET=str(data), FT_SEED=str(seed), FT_OUTPUT=str(folder / "outputs"),
                FT_RUN_ID=run_id, FT_CACHE_DIR=str(folder / "cache"))  # fmt: skip
+    env.update(job_env or {})
     return [sys.executable, "-m", "job"], env
 
 
-def run(recipe: str, *, model: str, data: Path, seed: int, folder: Path) -> dict[str, Any]:
+def run(
+    recipe: str, *, model: str, data: Path, seed: int, folder: Path, job_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Accuracy, macro-F1 and wall time of one run; `status` is `failed` with the log's
     tail when the process fails, so one bad run does not lose the others."""
     if folder.exists():
         shutil.rmtree(folder)  # a run interrupted earlier leaves no stale outputs behind
     folder.mkdir(parents=True)
     run_id = f"{data.name}-{recipe}"
-    argv, env = command(recipe, model=model, data=data, seed=seed, folder=folder, run_id=run_id)
+    argv, env = command(recipe, model=model, data=data, seed=seed, folder=folder, run_id=run_id, job_env=job_env)
     log = folder / "log.txt"
     started = time.monotonic()
     with log.open("w") as handle:
