@@ -19,6 +19,7 @@ from job.prepare import PreparedData
 from job.redaction import redact_document
 from job.results import Prediction, TrainOutcome
 from job.settings import Settings, redacted
+from job.tokenization import texts_of
 
 METRICS = "metrics.json"
 CONFUSION = "confusion_matrix.json"  # beside metrics.json when the labels are too many to show it inline
@@ -129,7 +130,8 @@ def run_manifest(
             "source": prepared.meta.get("source"),
             "splits": prepared.meta.get("source_splits"),
             "files": prepared.meta.get("source_files"),
-            "rows": {name: len(split) for name, split in prepared.splits.items()},
+            "rows": {name: len(texts_of(split)) for name, split in prepared.splits.items()},  # the data's rows
+            "windows": {name: len(split) for name, split in prepared.splits.items()},  # what was trained on and scored
             "labels": prepared.labels.to_json(),
             "class_counts": prepared.meta.get("class_counts"),
             "token_lengths": prepared.meta.get("lengths"),

@@ -122,7 +122,7 @@ def check(settings: Settings) -> dict[str, Any]:
         problem_type=prepared.labels.problem_type,
         labels=list(prepared.labels.names),
     )
-    rows = {name: len(split) for name, split in prepared.splits.items()}
+    rows = {name: len(texts_of(split)) for name, split in prepared.splits.items()}  # texts, not windows
     log.info(
         "check.data",
         rows=rows,
