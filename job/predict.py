@@ -203,8 +203,6 @@ def _windowing(
     if mode == "auto":
         mode = record.get("mode", "truncate" if trained.get("run_id") else "windows")
     overlap = record.get("overlap") if record.get("max_length") == max_length else None
-    if settings.window_overlap is not None:
-        overlap = None  # the setting wins
     return windows.of_settings(settings, tokenizer, max_length, mode=mode, overlap=overlap)
 
 

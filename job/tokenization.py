@@ -26,6 +26,7 @@ def tokenize(
     windows, a row longer than the max length becomes several rows, one per window, each
     with the source row's other columns and its window's position."""
     max_length = windowing.max_length
+    drop = [] if keep_text else [c for c in (text_column, pair_column) if c]
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
         pairs = batch[pair_column] if pair_column else None
@@ -53,7 +54,6 @@ def tokenize(
         encoded[LENGTH] = [len(ids) for ids in encoded["input_ids"]]
         return encoded
 
-    drop = [] if keep_text else [c for c in (text_column, pair_column) if c]
     # Windows change the number of rows, so every source column is rebuilt by `encode`.
     remove = dataset.column_names if windowing.active else drop
     return dataset.map(encode, batched=True, batch_size=1000, remove_columns=remove, desc="tokenize")

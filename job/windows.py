@@ -79,10 +79,11 @@ def of_settings(
     mode: str | None = None,
     overlap: int | None = None,
 ) -> Windowing:
-    """The run's windowing: FT_LONG_TEXTS (or `mode`), FT_WINDOW_OVERLAP (or `overlap`), FT_MAX_WINDOWS."""
+    """The run's windowing: FT_LONG_TEXTS (or `mode`), FT_WINDOW_OVERLAP (when unset, `overlap`,
+    else a quarter of a window), FT_MAX_WINDOWS."""
     windowing = resolve(
         mode or settings.long_texts,
-        settings.window_overlap if overlap is None else overlap,
+        settings.window_overlap if settings.window_overlap is not None else overlap,
         settings.max_windows,
         max_length=max_length,
         special_tokens=tokenizer.num_special_tokens_to_add(pair=False),
