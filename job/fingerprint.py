@@ -10,16 +10,18 @@ from transformers import PreTrainedTokenizerBase
 
 from job.errors import ConfigError
 from job.modeling import tokenizer_fingerprint, weights_fingerprint
-from job.prepare import PreparedData
+from job.prepare import SHAPING_SETTINGS, PreparedData
 from job.settings import Settings, env_name
 
-# The settings that change what training computes (the data's own settings are in its
-# fingerprint, with the tokenizer and the max length).
+# The settings that change what training computes.
 TRAINING_SETTINGS = (
     "epochs", "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay",
     "warmup_ratio", "lr_scheduler", "max_grad_norm", "seed", "group_by_length", "eval_steps",
     "metric_for_best_model", "early_stopping_patience", "class_weights",
 )  # fmt: skip
+# The settings that shape the data, named when the data's fingerprint (which covers them,
+# the files, the tokenizer and the resolved max length) differs.
+DATA_SETTINGS = tuple(name for name in (*SHAPING_SETTINGS, "max_length") if name not in TRAINING_SETTINGS)
 _WHAT = {
     "data": "the dataset (its files' contents or the settings that shape it)",
     "model": "the model's weights or config (FT_MODEL)",
@@ -41,6 +43,7 @@ def of_run(
 ) -> dict[str, Any]:
     return {
         "settings": of_settings(settings),
+        "data_settings": of_settings(settings, DATA_SETTINGS),
         "data": prepared.fingerprint,
         "model": weights_fingerprint(model_path),
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -50,19 +53,22 @@ def of_run(
     }
 
 
-def of_settings(settings: Settings) -> dict[str, Any]:
-    return {env_name(name): getattr(settings, name) for name in TRAINING_SETTINGS}
+def of_settings(settings: Settings, names: tuple[str, ...] = TRAINING_SETTINGS) -> dict[str, Any]:
+    return {env_name(name): getattr(settings, name) for name in names}
 
 
 def changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What differs, in words: each setting with its old and new value, then the other inputs."""
-    found = []
-    old, new = recorded.get("settings") or {}, current["settings"]
-    for name in new:
-        if old.get(name) != new[name]:
-            found.append(f"{name} {old.get(name)!r} -> {new[name]!r}")
+    found = _differing(recorded.get("settings") or {}, current["settings"])
+    # A record from before data settings were kept names the dataset alone.
+    if recorded.get("data") != current["data"] and "data_settings" in recorded:
+        found += _differing(recorded["data_settings"], current["data_settings"])
     found += [_WHAT[key] for key in _WHAT if recorded.get(key) != current[key]]
     return found
+
+
+def _differing(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [f"{name} {old.get(name)!r} -> {value!r}" for name, value in new.items() if old.get(name) != value]
 
 
 def check_resumable(recorded: dict[str, Any] | None, current: dict[str, Any], *, run_id: str, what: str) -> None:

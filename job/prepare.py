@@ -216,14 +216,18 @@ def _without(dataset: Dataset, column: str) -> Dataset:
     return dataset.remove_columns(column) if column in dataset.column_names else dataset
 
 
+# The settings that shape the prepared rows from the same files (FT_MAX_LENGTH enters the
+# cache key as the length it resolves to): checkpoints record them by name, so a restart that
+# changes one is refused naming it.
+SHAPING_SETTINGS = (
+    "train_split", "eval_split", "test_split", "text_column", "text_pair_column", "label_column",
+    "labels", "problem_type", "label_separator", "validation_fraction", "max_train_samples",
+    "max_eval_samples", "max_test_samples", "seed", "long_texts", "window_overlap", "max_windows",
+)  # fmt: skip
+
+
 def _cache_key(raw: data.RawSplits, settings: Settings, tokenizer: PreTrainedTokenizerBase, max_length: int) -> str:
-    shaping = settings.model_dump(
-        include={
-            "train_split", "eval_split", "test_split", "text_column", "text_pair_column", "label_column",
-            "labels", "problem_type", "label_separator", "validation_fraction", "max_train_samples",
-            "max_eval_samples", "max_test_samples", "seed", "long_texts", "window_overlap", "max_windows",
-        }
-    )  # fmt: skip
+    shaping = settings.model_dump(include=set(SHAPING_SETTINGS))
     # Local files by their content (a fresh copy of the same bytes, a new machine's mirror, is
     # the same data); Hub splits by datasets' own fingerprint.
     sources = {

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from job.errors import ConfigError
-from job.fingerprint import TRAINING_SETTINGS, changes, check_resumable, of_settings
+from job.fingerprint import DATA_SETTINGS, TRAINING_SETTINGS, changes, check_resumable, of_settings
 from job.settings import Settings, env_name
 
 # Training settings that cannot change the trained weights, each with the reason.
@@ -30,8 +30,59 @@ CHANGED: dict[str, Any] = {
 }  # fmt: skip
 
 
+# Data and model settings that need no name of their own in a checkpoint, each with the reason.
+NOT_SHAPING = {
+    "model": "the weights and config are fingerprinted (`model`)",
+    "model_revision": "the weights and config are fingerprinted (`model`)",
+    "trust_remote_code": "whether a model may load, not what it computes",
+    "allow_pickle_weights": "whether a model may load, not what it computes",
+    "hf_token": "access, not content",
+    "dataset": "which files: their contents are in the data's fingerprint",
+    "dataset_config": "which files: their contents are in the data's fingerprint",
+    "dataset_revision": "which files: their contents are in the data's fingerprint",
+    "data_files": "which files: their contents are in the data's fingerprint",
+    "data_format": "how the files parse: the rows are in the data's fingerprint",
+}
+
+# A value other than the default for each data setting a checkpoint names.
+CHANGED_DATA: dict[str, Any] = {
+    "train_split": "all", "eval_split": "dev", "test_split": "holdout", "text_column": "body",
+    "text_pair_column": "hypothesis", "label_column": "target", "labels": ["b", "a"],
+    "problem_type": "multi_label_classification", "label_separator": ";", "validation_fraction": 0.2,
+    "max_train_samples": 100, "max_eval_samples": 10, "max_test_samples": 10, "max_length": 64,
+    "long_texts": "truncate", "window_overlap": 8, "max_windows": 2,
+}  # fmt: skip
+
+
+def fields_of(*groups: str) -> set[str]:
+    return {n for n, f in Settings.model_fields.items() if (f.json_schema_extra or {}).get("group") in groups}
+
+
 def training_fields() -> set[str]:
-    return {n for n, f in Settings.model_fields.items() if (f.json_schema_extra or {}).get("group") == "training"}
+    return fields_of("training")
+
+
+def test_every_data_and_model_setting_is_named_or_exempt_for_a_reason() -> None:
+    assert set(DATA_SETTINGS) | set(NOT_SHAPING) | {"seed"} >= fields_of("data", "model")
+    assert set(CHANGED_DATA) == set(DATA_SETTINGS)
+
+
+@pytest.mark.parametrize("name", sorted(CHANGED_DATA))
+def test_a_changed_data_setting_is_named_when_the_data_differs(make_settings: Any, name: str) -> None:
+    before = make_settings(dataset="unused")
+    after = before.model_copy(update={name: CHANGED_DATA[name]})
+    recorded = {"settings": of_settings(before), "data_settings": of_settings(before, DATA_SETTINGS)}
+    current = {"settings": of_settings(after), "data_settings": of_settings(after, DATA_SETTINGS)}
+    for key in ("model", "tokenizer", "labels", "world_size", "precision"):
+        recorded[key] = current[key] = "same"
+    recorded["data"], current["data"] = "before", "after"
+    assert changes(recorded, current) == [
+        f"{env_name(name)} {getattr(before, name)!r} -> {CHANGED_DATA[name]!r}",
+        "the dataset (its files' contents or the settings that shape it)",
+    ]
+    # A setting that shapes nothing here (the data came out the same) is no change.
+    current["data"] = "before"
+    assert changes(recorded, current) == []
 
 
 def test_every_training_setting_is_recorded_or_exempt_for_a_reason() -> None:

@@ -214,6 +214,11 @@ def change_data(root: Path, env: dict[str, str]) -> str:
     return "the dataset"
 
 
+def change_long_texts(root: Path, env: dict[str, str]) -> str:
+    env["FT_LONG_TEXTS"] = "truncate"
+    return "FT_LONG_TEXTS 'auto' -> 'truncate'"
+
+
 def change_model(root: Path, env: dict[str, str]) -> str:
     import torch
     from safetensors.torch import load_file, save_file
@@ -232,7 +237,9 @@ def change_labels(root: Path, env: dict[str, str]) -> str:
 
 
 @pytest.mark.parametrize(
-    "change", [change_batch_size, change_epochs, change_data, change_model, change_labels], ids=lambda f: f.__name__
+    "change",
+    [change_batch_size, change_epochs, change_data, change_long_texts, change_model, change_labels],
+    ids=lambda f: f.__name__,
 )
 def test_a_restart_with_other_inputs_stops_naming_them(
     interrupted: Path, tmp_path: Path, tiny_model: Path, change: Any
