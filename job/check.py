@@ -35,7 +35,7 @@ import numpy as np
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from job import class_weights, data, device, estimate, labels, resume, scaffold, training, windows
+from job import class_weights, data, device, estimate, labels, resume, scaffold, search, training, windows
 from job.class_weights import IMBALANCE_RATIO
 from job.data import INDEX
 from job.labels import LABELS, REGRESSION
@@ -104,9 +104,10 @@ def check(settings: Settings) -> dict[str, Any]:
         )
 
     inputs = scaffold.load_inputs(settings)
-    settings = scaffold.with_defaults(settings, inputs, topology)
+    chosen = scaffold.defaults_for(settings, inputs, topology)
+    settings = chosen.settings()
     model_path, tokenizer, prepared = inputs.model_path, inputs.tokenizer, inputs.prepared
-    start = resume.decide(settings, inputs, saved, topology, dry_run=True)
+    start = resume.decide(settings, inputs, saved, topology, chosen, dry_run=True)
     log.info(
         "check.resume",
         checkpoints=saved.durable,
@@ -159,7 +160,13 @@ def check(settings: Settings) -> dict[str, Any]:
     plan = estimate.plan(args, settings, len(prepared.train), topology.world_size)
     log.info("check.plan", **plan)
     timed = estimate.estimate(
-        settings, prepared, model_path=model_path, tokenizer=tokenizer, precision=precision, planned=plan
+        settings,
+        prepared,
+        model_path=model_path,
+        tokenizer=tokenizer,
+        precision=precision,
+        planned=plan,
+        trial_epochs=search.most_trial_epochs(settings, chosen) if settings.search_trials else None,
     )
     log.info("check.estimate", **timed)
 

@@ -15,12 +15,16 @@ slowly at BERT-base's 5e-5: on data nobody had tuned for, that cost up to 12 poi
 
 Any setting given explicitly is kept as given. The chosen values are the run's settings from
 here on: logged (`defaults.chosen`), recorded in run_manifest.json and the checkpoints'
-fingerprint, and handed to the training processes.
+fingerprint, and handed to the training processes. A search trial's parameters count as
+given: the defaults are chosen again for each trial (a trial at batch 32 gets the epochs that
+batch needs, not those chosen for the default batch of 8).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from job.logs import get_logger
@@ -38,7 +42,34 @@ WIDE_LEARNING_RATE = 2e-5
 log = get_logger("job.defaults")
 
 
-def choose(settings: Settings, *, train_rows: int, hidden_size: int | None, world_size: int) -> Settings:
+@dataclass(frozen=True)
+class Defaults:
+    """The settings as given, and what their unset training defaults are chosen from."""
+
+    requested: Settings
+    train_rows: int
+    hidden_size: int | None
+    world_size: int
+
+    def settings(self, params: Mapping[str, Any] | None = None, *, announce: bool = True) -> Settings:
+        """The settings as given with `params` (a search trial's, as given too) over them, and
+        the defaults still unset chosen for that combination; `announce`: log the choice."""
+        update = dict(params or {})
+        if "epochs" in update:
+            update["epochs"] = float(update["epochs"])
+        given = self.requested.model_copy(update=update) if update else self.requested
+        return choose(
+            given,
+            train_rows=self.train_rows,
+            hidden_size=self.hidden_size,
+            world_size=self.world_size,
+            announce=announce,
+        )
+
+
+def choose(
+    settings: Settings, *, train_rows: int, hidden_size: int | None, world_size: int, announce: bool = True
+) -> Settings:
     """`settings` with every unset training default filled in; logs what was chosen and why."""
     chosen: dict[str, Any] = {}
     reasons: dict[str, str] = {}
@@ -68,6 +99,12 @@ def choose(settings: Settings, *, train_rows: int, hidden_size: int | None, worl
         reasons["learning_rate"] = f"hidden size {hidden_size}" if hidden_size else "model width unknown"
     if not chosen:
         return settings
+    if announce:
+        _announce(chosen, reasons, world_size)
+    return settings.model_copy(update=chosen)
+
+
+def _announce(chosen: dict[str, Any], reasons: dict[str, str], world_size: int) -> None:
     log.info(
         "defaults.chosen",
         **{env_name(name): value for name, value in chosen.items()},
@@ -75,7 +112,6 @@ def choose(settings: Settings, *, train_rows: int, hidden_size: int | None, worl
         world_size=world_size,  # `check` on a login node plans for its own processes, not the cluster's
         effect="set these variables to choose otherwise",
     )
-    return settings.model_copy(update=chosen)
 
 
 def learning_rate(hidden_size: int | None) -> float:

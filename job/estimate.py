@@ -63,7 +63,9 @@ def estimate(
     tokenizer: PreTrainedTokenizerBase,
     precision: str,
     planned: dict[str, Any],
+    trial_epochs: float | None = None,
 ) -> dict[str, Any]:
+    """`trial_epochs`: with a search, the most epochs one of its trials can train."""
     torch.manual_seed(settings.seed)
     bench = _Bench(settings, load_model(model_path, settings, prepared.labels), tokenizer, precision)
     eval_batch_size = planned["eval_batch_size_per_device"]
@@ -84,7 +86,7 @@ def estimate(
     evaluation_s = prediction_pass(prepared.validation) * (planned["evaluations"] + 1)
     test_s = prediction_pass(prepared.test) if prepared.test is not None else 0.0
     total = train_s + evaluation_s + test_s
-    search_s = _search_seconds(settings, per_run=train_s + evaluation_s, epochs=planned["epochs"])
+    search_s = _search_seconds(settings, per_run=train_s + evaluation_s, epochs=planned["epochs"], most=trial_epochs)
     total += search_s
     return {
         "device": device.device_name(),
@@ -172,13 +174,13 @@ class _Bench:
             torch.cuda.synchronize()
 
 
-def _search_seconds(settings: Settings, *, per_run: float, epochs: float) -> float:
-    """At most: every trial a whole run at the most epochs searched. An epoch costs about
-    the same at any batch size (the same rows), so the batch-size choices do not count."""
+def _search_seconds(settings: Settings, *, per_run: float, epochs: float, most: float | None) -> float:
+    """At most: every trial a whole run at the most epochs a trial can train (`most`). An epoch
+    costs about the same at any batch size (the same rows), so the batch sizes count only
+    through the epochs the defaults choose for them."""
     if not settings.search_trials:
         return 0.0
-    most_epochs = settings.search_epochs[1] if settings.search_epochs else epochs
-    return settings.search_trials * per_run * most_epochs / epochs
+    return settings.search_trials * per_run * (most or epochs) / epochs
 
 
 def _train_step_seconds(settings: Settings, prepared: PreparedData, bench: _Bench) -> float:

@@ -28,6 +28,7 @@ from job import (
     thresholds,
 )
 from job.checkpoints import Checkpoints
+from job.defaults import Defaults
 from job.errors import NotPromoted, Preempted
 from job.files import write_json
 from job.logs import get_logger
@@ -114,12 +115,13 @@ def _run(
     )
     with phases.phase("prepare"):
         inputs = scaffold.load_inputs(settings)
-    settings = scaffold.with_defaults(settings, inputs, topology)
+    chosen = scaffold.defaults_for(settings, inputs, topology)
+    settings = chosen.settings()
 
-    start = resume.decide(settings, inputs, saved, topology, dry_run=False)
+    start = resume.decide(settings, inputs, saved, topology, chosen, dry_run=False)
     if stop.requested:
         raise Preempted(f"stopped on request before training started; run again with FT_RUN_ID={settings.run_id}")
-    settings, searched = _search(settings, inputs, topology, saved, start, stop=stop, phases=phases)
+    settings, searched = _search(settings, inputs, topology, saved, start, chosen=chosen, stop=stop, phases=phases)
     with phases.phase("train_and_evaluate"), checkpoints.mirrored(saved, active=topology.is_main_node):
         outcome = launch.train(
             settings,
@@ -157,6 +159,7 @@ def _search(
     saved: Checkpoints,
     start: Resume,
     *,
+    chosen: Defaults,
     stop: StopRequest,
     phases: Phases,
 ) -> tuple[Settings, dict[str, Any] | None]:
@@ -171,6 +174,7 @@ def _search(
             inputs.prepared,
             inputs.model_path,
             topology,
+            chosen,
             saved=saved,
             stop=stop,
             previous=start.search_record,

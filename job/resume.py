@@ -9,6 +9,7 @@ from typing import Any
 
 from job import checkpoints, device, fingerprint, search
 from job.checkpoints import Checkpoints
+from job.defaults import Defaults
 from job.errors import ConfigError
 from job.logs import get_logger
 from job.scaffold import Inputs
@@ -26,10 +27,13 @@ class Resume:
     found: str | None = None  # the newest checkpoint, the one a run resumes from
 
 
-def decide(settings: Settings, inputs: Inputs, saved: Checkpoints, topology: Topology, *, dry_run: bool) -> Resume:
-    """The run's own checks: a search record or a checkpoint made with other inputs stops
-    it with a ConfigError naming the changes, or (FT_CHANGED_INPUTS=discard) is deleted. The
-    dry run reads the newest checkpoint's marker in place; the run downloads the checkpoints."""
+def decide(
+    settings: Settings, inputs: Inputs, saved: Checkpoints, topology: Topology, chosen: Defaults, *, dry_run: bool
+) -> Resume:
+    """The run's own checks (`settings`: as `chosen` resolved them): a search record or a
+    checkpoint made with other inputs stops it with a ConfigError naming the changes, or
+    (FT_CHANGED_INPUTS=discard) is deleted. The dry run reads the newest checkpoint's marker in
+    place; the run downloads the checkpoints."""
     current = fingerprint.of_run(
         settings,
         inputs.prepared,
@@ -39,7 +43,7 @@ def decide(settings: Settings, inputs: Inputs, saved: Checkpoints, topology: Top
         precision=device.precision(settings.mixed_precision),
     )
     try:
-        record, newest = _checked(settings, inputs, saved, current, dry_run=dry_run)
+        record, newest = _checked(settings, inputs, saved, current, chosen, dry_run=dry_run)
     except ConfigError as exc:
         if settings.changed_inputs != "discard":
             raise
@@ -62,7 +66,13 @@ def for_settings(current: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
 
 def _checked(
-    settings: Settings, inputs: Inputs, saved: Checkpoints, current: dict[str, Any], *, dry_run: bool
+    settings: Settings,
+    inputs: Inputs,
+    saved: Checkpoints,
+    current: dict[str, Any],
+    chosen: Defaults,
+    *,
+    dry_run: bool,
 ) -> tuple[dict[str, Any] | None, str | None]:
     record = (
         search.recorded(settings, inputs.prepared, saved, search_inputs(current)) if settings.search_trials else None
@@ -77,7 +87,7 @@ def _checked(
     name, marker = found
     final = settings
     if record is not None and record.get("best"):
-        final = search.with_params(settings, record["best"]["params"])  # what the final training ran with
+        final = chosen.settings(record["best"]["params"], announce=False)  # what the final training ran with
     fingerprint.check_resumable(
         marker.get("inputs"), for_settings(current, final), run_id=settings.run_id, what=f"its {name}"
     )

@@ -129,9 +129,9 @@ def load_inputs(settings: Settings) -> Inputs:
     return Inputs(model_path, tokenizer, prepared, metric, getattr(config, "hidden_size", None))
 
 
-def with_defaults(settings: Settings, inputs: Inputs, topology: Topology) -> Settings:
-    """The settings with the training defaults left unset chosen from the data and the model."""
-    return defaults.choose(
+def defaults_for(settings: Settings, inputs: Inputs, topology: Topology) -> defaults.Defaults:
+    """What the training defaults left unset are chosen from: the data, the model and the processes."""
+    return defaults.Defaults(
         settings, train_rows=len(inputs.prepared.train), hidden_size=inputs.hidden_size, world_size=topology.world_size
     )
 

@@ -27,6 +27,7 @@ import torch
 
 from job import fingerprint, launch, metrics
 from job.checkpoints import Checkpoints, latest
+from job.defaults import Defaults
 from job.errors import ConfigError, Preempted, TrainingError
 from job.files import write_json
 from job.logs import get_logger
@@ -89,11 +90,13 @@ def space(settings: Settings) -> dict[str, dict[str, Any]]:
     return found
 
 
-def with_params(settings: Settings, params: dict[str, Any]) -> Settings:
-    update = dict(params)
-    if "epochs" in update:
-        update["epochs"] = float(update["epochs"])
-    return settings.model_copy(update=update)
+def most_trial_epochs(settings: Settings, chosen: Defaults) -> float:
+    """The most epochs a trial can train: the top of FT_SEARCH_EPOCHS, or else the most the
+    defaults choose for any batch size searched (fewer steps per epoch, more epochs)."""
+    if settings.search_epochs:
+        return float(settings.search_epochs[1])
+    batches = [{"batch_size": b} for b in settings.search_batch_size or ()] or [{}]
+    return max(float(chosen.settings(b, announce=False).epochs or 0) for b in batches)
 
 
 def recorded(
@@ -127,6 +130,7 @@ def search(
     prepared: PreparedData,
     model_path: Path,
     topology: Topology,
+    chosen: Defaults,
     *,
     saved: Checkpoints,
     stop: StopRequest,
@@ -135,7 +139,9 @@ def search(
     final_started: bool,
 ) -> SearchResult:
     """Run the trials not yet in `previous` (the checked record, see `recorded`), then pick the best;
-    `final_started`: the final training has checkpoints already, so only the recorded choice may be used."""
+    each trial's values count as given and `chosen` fills in the defaults for them, as for the final
+    training's. `final_started`: the final training has checkpoints already, so only the recorded
+    choice may be used."""
     optuna = _optuna()
     header = _header(settings, prepared, inputs)
     metric = header["metric"]
@@ -149,7 +155,7 @@ def search(
                 "training that no finished search chose; start a new FT_RUN_ID, or resume it with FT_SEARCH_TRIALS=0"
             )
         log.info("search.reused", reason="the final training had started", best=previous["best"])
-        return SearchResult(with_params(settings, previous["best"]["params"]), previous)
+        return SearchResult(chosen.settings(previous["best"]["params"]), previous)
 
     distributions = _distributions(optuna, header["space"])
     study = optuna.create_study(direction=header["direction"])
@@ -188,7 +194,9 @@ def search(
             seed=(settings.seed + number) % 2**32, n_startup_trials=_startup_trials(settings.search_trials)
         )
         trial = study.ask(distributions)
-        result = _run_trial(settings, prepared, model_path, topology, number=number, params=trial.params, stop=stop)
+        result = _run_trial(
+            settings, prepared, model_path, topology, chosen, number=number, params=trial.params, stop=stop
+        )
         if result["state"] == "complete":
             study.tell(trial, result["value"])
         else:
@@ -225,7 +233,7 @@ def search(
         metric=metric,
         seconds=round(sum(t["seconds"] for t in trials), 1),
     )
-    return SearchResult(with_params(settings, best["params"]), document)
+    return SearchResult(chosen.settings(best["params"]), document)
 
 
 def _header(settings: Settings, prepared: PreparedData, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -253,6 +261,7 @@ def _run_trial(
     prepared: PreparedData,
     model_path: Path,
     topology: Topology,
+    chosen: Defaults,
     *,
     number: int,
     params: dict[str, Any],
@@ -274,7 +283,7 @@ def _run_trial(
     with structlog.contextvars.bound_contextvars(search_trial=number):
         try:
             outcome = launch.train(
-                with_params(settings, params),
+                chosen.settings(params),  # the defaults chosen again for the trial's values
                 prepared,
                 model_path,
                 topology,

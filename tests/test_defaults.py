@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from conftest import PINNED_SCHEDULE, clean_environ, ft_env, rows, run_cli, write
 
-from job.defaults import choose
+from job.defaults import Defaults, choose
+from job.search import most_trial_epochs
 
 SCHEDULE = ("batch_size", "epochs", "learning_rate")
 
@@ -51,6 +52,24 @@ def test_explicit_settings_win_and_the_rest_follow_them(make_settings: Any) -> N
     assert chosen(make_settings, 900, 384, epochs=1.5, learning_rate=3e-5) == (8, 1.5, 3e-5)
     everything = make_settings(dataset="unused", batch_size=4, epochs=2, learning_rate=1e-3)
     assert choose(everything, train_rows=900, hidden_size=384, world_size=1) is everything
+
+
+def test_a_search_trials_values_count_as_given_and_the_defaults_follow_them(make_settings: Any) -> None:
+    requested = make_settings(dataset="unused", batch_size=None, epochs=None, learning_rate=None)
+    chosen = Defaults(requested, train_rows=900, hidden_size=384, world_size=1)
+    plain = chosen.settings()
+    assert (plain.batch_size, plain.epochs) == (8, 3.0)  # 113 steps per epoch
+    # A trial at batch 32: 29 steps per epoch, so 10 epochs (the cap), not the 3 chosen for batch 8.
+    trial = chosen.settings({"batch_size": 32, "learning_rate": 3e-4})
+    assert (trial.batch_size, trial.epochs, trial.learning_rate) == (32, 10.0, 3e-4)
+    assert chosen.settings({"batch_size": 32, "epochs": 2}).epochs == 2.0  # a searched epoch count wins
+    given = Defaults(requested.model_copy(update={"epochs": 4.0}), train_rows=900, hidden_size=384, world_size=1)
+    assert given.settings({"batch_size": 32}).epochs == 4.0  # and so does one the user set
+
+    searching = plain.model_copy(update={"search_trials": 2, "search_batch_size": (8, 32), "search_epochs": None})
+    assert most_trial_epochs(searching, chosen) == 10.0
+    assert most_trial_epochs(searching.model_copy(update={"search_batch_size": None}), chosen) == 3.0
+    assert most_trial_epochs(searching.model_copy(update={"search_epochs": (1, 6)}), chosen) == 6.0
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import clean_environ, ft_env, rows, write
+from conftest import PINNED_SCHEDULE, clean_environ, ft_env, rows, run_cli, write
 
 from job import cli
 from job.errors import ConfigError, ExitCode
@@ -152,6 +152,37 @@ def test_every_trial_is_logged_and_the_best_values_train_the_final_model(searche
             assert saved["path"].startswith(str(root / "cache" / "checkpoints" / "searched"))
     assert not (root / "cache" / "runs" / "searched").exists()
     assert not (root / "cache" / "checkpoints" / "searched").exists()
+
+
+@pytest.mark.slow
+def test_with_no_epochs_searched_each_trial_gets_the_epochs_its_batch_size_needs(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    data = tmp_path / "data"
+    write(data / "train.jsonl", rows("binary", 800, seed=1))
+    write(data / "validation.jsonl", rows("binary", 40, seed=2))
+    only_batch = {name: "" for name in SEARCH if name not in ("FT_SEARCH_TRIALS", "FT_SEARCH_BATCH_SIZE")}
+    env = settings_env(
+        tmp_path, tiny_model, data, FT_RUN_ID="run", FT_SEARCH_TRIALS="1", FT_SEARCH_BATCH_SIZE="16", **only_batch
+    )
+    env = {k: v for k, v in env.items() if k not in ("FT_EPOCHS", "FT_BATCH_SIZE")}
+    assert "FT_LEARNING_RATE" in PINNED_SCHEDULE and env["FT_LEARNING_RATE"]  # the rate stays pinned: fewer defaults
+
+    checked, check_events = run_cli("check", env=env, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout[-3000:]
+    result, events = run_cli(env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+    # 800 rows: the default batch of 8 gives 100 steps per epoch and 3 epochs; a trial at 16 gets
+    # 50 steps per epoch, so 6 epochs to make 300 steps, and so does the final run with its values.
+    assert named(check_events, "defaults.chosen")[0]["FT_EPOCHS"] == 3
+    started = named(events, "train.started")
+    assert [(e.get("search_trial"), e["batch_size"], e["epochs"]) for e in started] == [(0, 16, 6), (None, 16, 6)]
+    manifest = json.loads((tmp_path / "outputs" / "run" / "run_manifest.json").read_text())
+    assert manifest["settings"]["FT_EPOCHS"] == 6 and manifest["training"]["steps"] == 300
+    estimate = named(check_events, "check.estimate")[0]
+    per_run = estimate["train_s"] + estimate["evaluation_s"]  # at the default batch's 3 epochs
+    assert estimate["search_s_at_most"] == pytest.approx(per_run * 6 / 3, rel=0.1, abs=0.3)
 
 
 @pytest.fixture
