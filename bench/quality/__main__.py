@@ -124,6 +124,10 @@ def machine() -> dict[str, Any]:
         "cpu": fields.get("Model name", platform.processor() or platform.machine()).strip(),
         "cpu_family_model": f"{fields.get('CPU family', '?').strip()}/{fields.get('Model', '?').strip()}",
         "cpus": os.cpu_count(),
+        # What the runs may use: `taskset -c 0` keeps other work on the machine from stalling
+        # torch's threads (a niced test run beside the bench made its steps ten times slower).
+        "cpus_used": len(os.sched_getaffinity(0)),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "bf16_instructions": sorted(flags & {"avx512_bf16", "amx_bf16"}),
         "platform": platform.platform(),
         "torch": _version("torch"),
@@ -196,7 +200,8 @@ def main(opts: Options) -> int:
                 record = runs.run(recipe, model=model, data=rows.folder(opts.work), seed=seed, folder=folder,
                                   job_env=dict(opts.job_env))  # fmt: skip
                 record = {"dataset": name, "recipe": recipe, "seed": seed, "train_rows": opts.train_rows,
-                          "test_rows": opts.test_rows, "cpu": document["machine"]["cpu"], "started_utc": when,
+                          "test_rows": opts.test_rows, "cpu": document["machine"]["cpu"],
+                          "cpus_used": document["machine"]["cpus_used"], "started_utc": when,
                           **record}  # fmt: skip
                 failures += record["status"] != "ok"
                 print(f"  {record['status']}: accuracy {record.get('accuracy')}, macro-F1 {record.get('f1_macro')}, "
