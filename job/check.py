@@ -35,7 +35,7 @@ import numpy as np
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from job import class_weights, data, device, estimate, labels, resume, scaffold, search, training, windows
+from job import class_weights, data, device, estimate, labels, resume, scaffold, search, thresholds, training, windows
 from job.class_weights import IMBALANCE_RATIO
 from job.data import INDEX
 from job.labels import LABELS, REGRESSION
@@ -145,6 +145,15 @@ def check(settings: Settings) -> dict[str, Any]:
 
     label_report = _labels(prepared)
     log.info("check.labels", problem_type=prepared.labels.problem_type, **label_report)
+    train_texts = texts_of(prepared.train)
+    cuts = thresholds.planned(
+        settings.decision_thresholds,
+        prepared.labels,
+        labels.class_counts(train_texts, prepared.labels),
+        len(train_texts),
+    )
+    if cuts is not None:
+        log.info("check.thresholds", **cuts)
     for event, fields in _label_warnings(label_report, settings):
         warn(event, **fields)
 

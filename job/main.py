@@ -31,6 +31,7 @@ from job.checkpoints import Checkpoints
 from job.defaults import Defaults
 from job.errors import NotPromoted, Preempted
 from job.files import write_json
+from job.labels import class_counts
 from job.logs import get_logger
 from job.ownership import Lease
 from job.preemption import StopRequest
@@ -39,6 +40,7 @@ from job.resume import Resume
 from job.scaffold import Inputs, Phases
 from job.settings import Settings
 from job.storage import Output
+from job.tokenization import texts_of
 from job.topology import Topology, discover
 from job.verify import verify_saved_model
 from job.workspace import Workspace
@@ -187,11 +189,14 @@ def _search(
 def _write_results(trained: _Trained, staging: Path, phases: Phases) -> dict[str, Any]:
     """metrics.json, test predictions, charts and the search trials beside the saved model."""
     prepared, outcome, validation = trained.inputs.prepared, trained.outcome, trained.outcome.validation
+    texts = texts_of(prepared.train)  # imbalance as `check` counts it: texts, not windows
     spec = thresholds.choose(
         trained.settings.decision_thresholds,
         metrics.probabilities(validation.logits, prepared.labels),
         validation.labels,
         prepared.labels,
+        train=class_counts(texts, prepared.labels),
+        rows=len(texts),
     )
     if spec.thresholds is not None:
         log.info("train.thresholds", thresholds=thresholds.by_label(spec), tuned_on="validation")

@@ -393,13 +393,16 @@ class Settings(BaseSettings):
         "multi-label); `balanced`: always; `none`: never. Classification and multi-label only.",
         default="auto",
     )
-    decision_thresholds: Literal["tune", "fixed"] = _field(
+    decision_thresholds: Literal["auto", "tune", "fixed"] = _field(
         "training",
         "Binary and multi-label: `tune` picks the decision threshold (per label for multi-label) that "
         "maximizes macro-F1 (each label's F1) on the validation split, stores it in the model's config.json "
-        "(`decision_thresholds`) and uses it for the metrics, test predictions and `predict`; `fixed`: "
-        "argmax, 0.5 per label. Kept at 0.5 when validation has under 10 rows of either side.",
-        default="tune",
+        "(`decision_thresholds`) and uses it for the metrics, test predictions and `predict`; `auto`: the same "
+        "for an imbalanced problem (binary) or label (multi-label), one whose larger side has at least 10× the "
+        "training rows of its smaller, 0.5 for the others; `fixed`: argmax, 0.5 per label. A tuned cut is kept "
+        "only when it beats 0.5 on validation by 2 standard deviations (a sign test), and validation has 10 "
+        "rows of either side.",
+        default="auto",
     )
     group_by_length: bool = _field(
         "training", "Batch rows of similar length together so little padding is computed.", default=True

@@ -81,6 +81,12 @@ def test_check_reports_the_data_as_written_and_writes_nothing(tmp_path: Path, ti
     assert estimate["total_s"] >= estimate["train_s"] and "estimate" in estimate["basis"]
 
     assert IMBALANCE_RATIO <= 110 / 10
+    # 11:1 in training: the default (auto) tunes the cut on label 1's probability.
+    assert {k: found["check.thresholds"][k] for k in ("setting", "tuned_on_validation", "at_0_5")} == {
+        "setting": "auto",
+        "tuned_on_validation": ["1"],
+        "at_0_5": [],
+    }
     expected_warnings = {"check.label_imbalance"}
     if (lengths > max_length).sum() >= TRUNCATION_SHARE * len(train):
         expected_warnings.add("check.truncation")

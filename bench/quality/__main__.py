@@ -37,7 +37,7 @@ RECIPES = {
     "weight decay, DataCollatorWithPadding, truncation at 512; trains on all training rows",
     "job": "python -m job with only FT_MODEL, FT_DATASET, FT_SEED, FT_OUTPUT, FT_RUN_ID, FT_CACHE_DIR set: "
     "its defaults (each run records the schedule it chose), among them 10% of the training rows held out for "
-    "validation and best-epoch selection, class weights from 10:1 imbalance, tuned binary thresholds, "
+    "validation and best-epoch selection, class weights and validation-tuned decision thresholds from 10:1 imbalance, "
     "length-grouped batches, bf16 on CPUs with bf16 instructions",
 }
 
