@@ -107,7 +107,7 @@ def markdown(document: dict[str, Any]) -> str:
         f"Model {config.get('model_name', '?')}; mean ± one standard error over seeds (same rows for both "
         "recipes in each seed); wall time of the whole process (load, tokenize, train, predict the test rows, "
         "save). Last run " + f"{document.get('updated_utc', '?')} on {machine.get('cpu', '?')} "
-        f"({machine.get('cpus', '?')} CPUs).",
+        f"(runs on {machine.get('cpus_used', machine.get('cpus', '?'))} of its {machine.get('cpus', '?')} CPUs).",
         "",
         "| dataset | shape | rows train / test | recipe | accuracy | macro-F1 | wall (s) | seeds |",
         "|---|---|---|---|---:|---:|---:|---:|",
