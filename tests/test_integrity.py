@@ -64,8 +64,16 @@ class Started:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own process group: the launcher and its workers, for pause()
         )
         self.events: list[Event] = []
+
+    def pause(self) -> None:
+        """SIGSTOP to the launcher and its workers: the run holds its lock and lease but makes no progress."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
 
     def until(self, event: str) -> Event:
         assert self.proc.stdout is not None
@@ -110,8 +118,7 @@ def with_aws(env: dict[str, str]) -> dict[str, str]:
 def test_a_second_process_with_the_same_run_id_stops_at_once_and_the_first_completes(
     request: pytest.FixtureRequest, tmp_path: Path, tiny_model: Path, where: str
 ) -> None:
-    data = write(tmp_path / "long" / "train.jsonl", rows("binary", 1600, seed=1)).parent
-    # Long enough (hundreds of steps) that the second process meets the first still training.
+    data = write(tmp_path / "long" / "train.jsonl", rows("binary", 400, seed=1)).parent
     first_env = slow_env(tmp_path, tiny_model, data, FT_EPOCHS="2", FT_BATCH_SIZE="8", FT_LOGGING_STEPS="50")
     second_env = dict(first_env)
     if where != "this-machine":  # another machine: its own cache, the same durable checkpoints
@@ -123,8 +130,14 @@ def test_a_second_process_with_the_same_run_id_stops_at_once_and_the_first_compl
         second_env["FT_CACHE_DIR"] = str(tmp_path / "other-machine-cache")
     first = Started(first_env, tmp_path)
     first.until("train.started")
-
-    result, events = run_cli(env=with_aws(second_env), cwd=tmp_path, timeout=120)
+    # Paused, so it is still training when the second one starts, however fast this machine is
+    # (a fast core finished all its steps during the second one's start-up); well inside its
+    # lease's 60 s.
+    first.pause()
+    try:
+        result, events = run_cli(env=with_aws(second_env), cwd=tmp_path, timeout=120)
+    finally:
+        first.resume()
     line = one_error(result, events, ExitCode.RUN_IN_USE)
     assert errors(events)[0]["event"] == "run.in_use" and "FT_RUN_ID=shared is in use by another" in line
     assert ("on this machine" in line) if where == "this-machine" else ("lease at" in line)
