@@ -103,6 +103,21 @@ def test_summary_means_standard_errors_and_paired_differences() -> None:
     assert "| d | s | 10 / 5 | notebook | 0.750 ± 0.029 |" in text and "| job − notebook | +0.030 ± 0.006 |" in text
 
 
+def test_resume_times_both_recipes_of_a_draw_on_one_machine() -> None:
+    document = report.new()
+    document["machine"] = {"cpu": "cpu", "cpus_used": 1}
+    draw = samples.Draw("d", 10, 5, 0)
+    both = ("notebook", "job")
+    assert report.to_run(document, both, draw, resume=True) == ["notebook", "job"]
+    report.add(document, {**_run("notebook", 0, 0.7, 100.0), "cpus_used": 1})
+    assert report.to_run(document, both, draw, resume=True) == ["job"]  # its partner ran here
+    document["machine"] = {"cpu": "other cpu", "cpus_used": 1}
+    assert report.to_run(document, both, draw, resume=True) == ["notebook", "job"]  # timed elsewhere: again
+    report.add(document, {**_run("job", 0, 0.7, 50.0), "cpus_used": 2})
+    assert report.to_run(document, both, draw, resume=True) == []  # a whole pair stands, wherever it ran
+    assert report.to_run(document, both, draw, resume=False) == ["notebook", "job"]
+
+
 def test_one_seed_has_no_standard_error() -> None:
     assert report.mean_se([0.5]) == {"mean": 0.5, "se": None, "n": 1}
 

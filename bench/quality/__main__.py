@@ -191,9 +191,7 @@ def main(opts: Options) -> int:
     for name in ready:
         for seed in opts.seeds:
             rows = draw(opts, name, seed)
-            for recipe in opts.recipes:
-                if opts.resume and report.done(document, recipe, rows):
-                    continue
+            for recipe in report.to_run(document, opts.recipes, rows, resume=opts.resume):
                 print(f"bench.quality: {name} seed {seed} {recipe} ...", flush=True)
                 when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 folder = opts.work / "runs" / rows.name / recipe

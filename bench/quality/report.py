@@ -47,9 +47,23 @@ def add(document: dict[str, Any], run: dict[str, Any]) -> None:
     document["runs"] = [r for r in document["runs"] if key(r) != key(run)] + [run]
 
 
-def done(document: dict[str, Any], recipe: str, draw: Draw) -> bool:
+def recorded(document: dict[str, Any], recipe: str, draw: Draw) -> dict[str, Any] | None:
+    """The successful run of `recipe` on `draw`, if there is one."""
     wanted = (recipe, draw.dataset, draw.train_rows, draw.test_rows, draw.seed)
-    return any(key(r) == wanted and r.get("status") == "ok" for r in document["runs"])
+    return next((r for r in document["runs"] if key(r) == wanted and r.get("status") == "ok"), None)
+
+
+def to_run(document: dict[str, Any], recipes: tuple[str, ...], draw: Draw, *, resume: bool) -> list[str]:
+    """The recipes of one draw to run now: all of them; with `resume`, none when all are
+    recorded, else the missing ones and any recorded on another machine (CPU model or CPUs
+    used) than this one, so the two recipes of a draw are always timed on the same machine."""
+    if not resume:
+        return list(recipes)
+    found = {recipe: recorded(document, recipe, draw) for recipe in recipes}
+    if all(found.values()):
+        return []
+    here = (document["machine"]["cpu"], document["machine"].get("cpus_used"))
+    return [r for r, run in found.items() if run is None or (run.get("cpu"), run.get("cpus_used")) != here]
 
 
 def mean_se(values: list[float]) -> dict[str, Any]:
