@@ -47,12 +47,14 @@ def choose(
     `auto`, or no labels to tune on)."""
     if setting == "fixed" or labels is None:
         return spec
-    tuned = tune(probs, labels, spec)
-    if tuned is None or setting == "tune":
-        return dataclasses.replace(spec, thresholds=tuned)
+    if setting == "tune":
+        return dataclasses.replace(spec, thresholds=tune(probs, labels, spec))
     wanted = imbalanced(spec, train, rows)
     if not any(wanted):
-        return spec
+        return spec  # nothing imbalanced: no cut to tune, argmax decides
+    tuned = tune(probs, labels, spec)
+    if tuned is None:
+        return dataclasses.replace(spec, thresholds=None)
     return dataclasses.replace(spec, thresholds=tuple(c if w else DEFAULT for c, w in zip(tuned, wanted, strict=True)))
 
 

@@ -167,15 +167,28 @@ def _f1_macro(truth: np.ndarray, predicted: np.ndarray) -> float:
     return sum(scores) / 2
 
 
-def test_binary_threshold_is_the_best_cut_of_the_validation_scores() -> None:
+BINARY = LabelSpec(SINGLE, ("no", "yes"))
+
+
+def _low_scores(share: float, mean: float, spread: float, top: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """400 validation rows, `share` positive, from a model that ranks positives higher (by
+    0.25) but keeps (nearly) all of them under 0.5: truth, scores, probabilities, and `tune`'s cut below 0.5."""
     rng = np.random.default_rng(0)
-    truth = rng.random(400) < 0.1
-    # A model that ranks positives higher but keeps nearly all of them under 0.5.
-    scores = np.clip(rng.normal(0.15, 0.08, 400) + 0.25 * truth, 0, 1)
-    probs = np.stack([1 - scores, scores], axis=1)
-    spec = LabelSpec(SINGLE, ("no", "yes"))
-    (cut,) = tune(probs, truth.astype(int), spec) or [None]
+    truth = rng.random(400) < share
+    scores = np.clip(rng.normal(mean, spread, 400) + 0.25 * truth, 0, top)
+    return truth, scores, np.stack([1 - scores, scores], axis=1)
+
+
+def _tuned_cut(probs: np.ndarray, truth: np.ndarray) -> float:
+    (cut,) = tune(probs, truth.astype(int), BINARY) or [None]
     assert cut is not None and cut < 0.5
+    return cut
+
+
+def test_binary_threshold_is_the_best_cut_of_the_validation_scores() -> None:
+    truth, scores, probs = _low_scores(0.1, 0.15, 0.08, top=1)
+    spec = BINARY
+    cut = _tuned_cut(probs, truth)
     at_cut = _f1_macro(truth, decide(probs, replace(spec, thresholds=(cut,))) == 1)
     # No other cut through the scores does better, and the default does worse.
     assert all(_f1_macro(truth, scores >= c) <= at_cut + 1e-12 for c in np.unique(scores))
@@ -198,14 +211,10 @@ def test_a_cut_that_only_fits_the_validation_noise_keeps_the_default() -> None:
 
 
 def test_auto_tunes_only_imbalanced_problems_and_labels() -> None:
-    rng = np.random.default_rng(0)
-    truth = rng.random(400) < 0.3
     # Every positive under 0.5: a cut below it is far better than 0.5 on these rows.
-    scores = np.clip(rng.normal(0.1, 0.05, 400) + 0.25 * truth, 0, 0.49)
-    probs = np.stack([1 - scores, scores], axis=1)
-    spec = LabelSpec(SINGLE, ("no", "yes"))
-    (cut,) = tune(probs, truth.astype(int), spec) or [None]
-    assert cut is not None and cut < 0.5  # what `tune` would use
+    truth, scores, probs = _low_scores(0.3, 0.1, 0.05, top=0.49)
+    spec = BINARY
+    cut = _tuned_cut(probs, truth)  # what `tune` would use
     balanced, skewed = {"no": 500, "yes": 400}, {"no": 850, "yes": 50}
     assert choose("auto", probs, truth.astype(int), spec, train=balanced, rows=900) == spec  # argmax
     assert choose("auto", probs, truth.astype(int), spec, train=skewed, rows=900).thresholds == (cut,)
