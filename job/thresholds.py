@@ -61,7 +61,7 @@ def choose(
 def planned(setting: str, spec: LabelSpec, train: dict[str, int], rows: int) -> dict[str, Any] | None:
     """What the run will do about decision thresholds, for `check`: None where the problem
     has none (multi-class, regression)."""
-    if not (spec.problem_type == MULTI or (spec.problem_type == SINGLE and len(spec.names) == 2)):
+    if not _has_thresholds(spec):
         return None
     names = spec.names if spec.problem_type == MULTI else spec.names[1:]
     wanted = [setting == "tune"] * len(names) if setting != "auto" else imbalanced(spec, train, rows)
@@ -78,12 +78,19 @@ def planned(setting: str, spec: LabelSpec, train: dict[str, int], rows: int) -> 
 
 def imbalanced(spec: LabelSpec, train: dict[str, int], rows: int) -> list[bool]:
     """For each threshold `tune` gives (binary: one; multi-label: one per label), whether its
-    yes/no problem is imbalanced in training: the larger side IMBALANCE_RATIO times the smaller."""
+    yes/no problem is imbalanced in training: the larger side IMBALANCE_RATIO times the smaller;
+    none where the problem decides without thresholds (multi-class, regression)."""
+    if not _has_thresholds(spec):
+        return []
     if spec.problem_type == MULTI:
         sides = [(train.get(name, 0), rows - train.get(name, 0)) for name in spec.names]
     else:
         sides = [tuple(train.get(name, 0) for name in spec.names)]
     return [min(a, b) == 0 or max(a, b) >= IMBALANCE_RATIO * min(a, b) for a, b in sides]
+
+
+def _has_thresholds(spec: LabelSpec) -> bool:
+    return spec.problem_type == MULTI or (spec.problem_type == SINGLE and len(spec.names) == 2)
 
 
 def by_label(spec: LabelSpec) -> dict[str, float] | None:

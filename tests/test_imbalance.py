@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from conftest import NEGATIVE, POSITIVE, ft_env, run_cli, sentence, write
 
 from job.class_weights import IMBALANCE_RATIO, WeightedLoss, class_weights
-from job.labels import MULTI, SINGLE, LabelSpec
+from job.labels import MULTI, REGRESSION, SINGLE, LabelSpec
 from job.thresholds import DEFAULT, MIN_ROWS, choose, decide, tune
 
 
@@ -229,6 +229,17 @@ def test_auto_tunes_only_imbalanced_problems_and_labels() -> None:
     assert per_label is not None and per_label[0] < 0.5
     got = choose("auto", pair, both, multi, train={"rare": 90, "common": 450}, rows=990).thresholds
     assert got == (per_label[0], DEFAULT)
+
+
+@pytest.mark.parametrize("setting", ["auto", "tune", "fixed"])
+def test_problems_without_thresholds_keep_argmax_whatever_the_setting(setting: str) -> None:
+    # Multi-class (even skewed) and regression have no cut: every setting leaves the spec as it is.
+    three = LabelSpec(SINGLE, ("a", "b", "c"))
+    ids = np.array([0, 1, 2] * 10)
+    assert choose(setting, np.eye(3)[ids], ids, three, train={"a": 900, "b": 50, "c": 5}, rows=955) == three
+    regression = LabelSpec(REGRESSION)
+    values = np.linspace(0, 1, 30)
+    assert choose(setting, values[:, None], values, regression, train={}, rows=30) == regression
 
 
 def test_too_few_validation_rows_of_a_side_keep_the_default() -> None:
