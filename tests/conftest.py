@@ -11,6 +11,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,12 @@ for _variable in ("HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_TOKEN_PATH", "HF_XET_
     os.environ.pop(_variable, None)
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="ftjob-tests-hf-home-")
 atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
+
+# A suite started in the background (`cmd &` in a script, nohup) inherits SIGINT ignored, and
+# so would every job it starts, which rightly keeps it so: the tests' jobs get SIGINT as they
+# would from a terminal (a handled signal is reset to its default in the child at exec).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from job.settings import Settings  # noqa: E402
 
